@@ -1,0 +1,151 @@
+"""The ``fedlatent`` command: ``run`` one federation, ``compare`` the three modes.
+
+Both verbs run the real Flower app through ``flwr run`` on a private local SuperLink (see
+``launcher``); every run-config key is also a CLI option (``--num-clients`` etc., with the
+short aliases ``--clients`` and ``--out``), validated before Flower starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, RunConfig
+from .launcher import FederationError, LocalSuperLink
+
+ALIASES = {"num-clients": ["--clients"], "out-dir": ["--out"]}
+COMPARE_MODES = ("raw", "latent-fedavg", "latent-share")
+
+
+def _add_config_options(parser: argparse.ArgumentParser, *, skip: Sequence[str] = ()) -> None:
+    """One option per run-config key; unset options keep the config default."""
+    for f in dataclasses.fields(RunConfig):
+        key = f.name.replace("_", "-")
+        if key in skip:
+            continue
+        kind = type(f.default)
+        parser.add_argument(
+            f"--{key}",
+            *ALIASES.get(key, []),
+            dest=f.name,
+            type=(lambda s: s) if kind is bool else kind,
+            default=None,
+            metavar=kind.__name__.upper(),
+            help=f"{f.metadata['doc']} (default: {f.default!r})",
+        )
+    parser.add_argument("--verbose", action="store_true", help="show Flower's full log")
+    parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds before a run is stopped")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        f.name.replace("_", "-"): getattr(args, f.name)
+        for f in dataclasses.fields(RunConfig)
+        if getattr(args, f.name, None) is not None
+    }
+
+
+def app_dir() -> Path:
+    """The Flower app to run: this project's root (the same app ``flwr run .`` runs)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").is_file() or "[tool.flwr.app]" not in (root / "pyproject.toml").read_text():
+        raise SystemExit(
+            f"fedlatent: no Flower app found at {root}; install fedlatent from its source tree (pip install -e .)"
+        )
+    return root
+
+
+def _echo(verbose: bool) -> Any:
+    """Progress printer: every line with --verbose, else rounds and fedlatent's own lines."""
+
+    def echo(line: str) -> None:
+        if verbose or any(tag in line for tag in ("[ROUND", "fedlatent", "ERROR", "Error", "Traceback")):
+            print(line.rstrip(), flush=True)
+
+    return echo
+
+
+def run_one(link: LocalSuperLink, cfg: RunConfig, *, verbose: bool, timeout: float) -> dict[str, Any]:
+    """Run one federation on ``link`` and return its ``results.json``."""
+    result = link.run(
+        app_dir(), run_config=cfg.to_run_config(), num_supernodes=cfg.num_clients,
+        timeout=timeout, echo=_echo(verbose),
+    )
+    results_path = Path(cfg.out_dir) / "results.json"
+    if not results_path.is_file():
+        raise FederationError(f"run {result.run_id} finished but wrote no {results_path}")
+    return json.loads(results_path.read_text())
+
+
+def _config(overrides: dict[str, Any], default_out: str) -> RunConfig:
+    overrides.setdefault("out-dir", default_out)
+    overrides["out-dir"] = str(Path(overrides["out-dir"]).expanduser().resolve())
+    return RunConfig.from_run_config(overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``fedlatent run``: one federation, one run directory."""
+    cfg = _config(_overrides(args), default_out=f"runs/{_stamp()}-run")
+    with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home, LocalSuperLink(flwr_home=Path(home)) as link:
+        results = run_one(link, cfg, verbose=args.verbose, timeout=args.timeout)
+    print(f"\naccuracy {results['accuracy']:.4f}  ({results['wall_seconds']:.1f} s)  -> {cfg.out_dir}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``fedlatent compare``: raw vs latent-fedavg vs latent-share on one data set."""
+    from .compare import summarize
+
+    base = _overrides(args)
+    parent = Path(base.pop("out-dir", f"runs/{_stamp()}-compare")).expanduser().resolve()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home, LocalSuperLink(flwr_home=Path(home)) as link:
+        for i, mode in enumerate(args.modes):
+            cfg = _config({**base, "mode": mode}, default_out=str(parent / mode))
+            print(f"\n== [{i + 1}/{len(args.modes)}] {mode} ({cfg.dataset}, encoder {cfg.encoder}) ==", flush=True)
+            rows.append(run_one(link, cfg, verbose=args.verbose, timeout=args.timeout))
+    summarize(rows, parent)
+    return 0
+
+
+def _stamp() -> str:
+    import time
+
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb."""
+    parser = argparse.ArgumentParser(prog="fedlatent", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    run = verbs.add_parser("run", help="run one Flower federation and write its run directory")
+    _add_config_options(run)
+    run.set_defaults(func=cmd_run)
+    compare = verbs.add_parser("compare", help="run raw, latent-fedavg and latent-share; print a table")
+    _add_config_options(compare, skip=("mode",))
+    compare.add_argument("--modes", nargs="+", choices=COMPARE_MODES, default=list(COMPARE_MODES))
+    compare.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fedlatent`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"fedlatent: {err}", file=sys.stderr)
+        return 2
+    except FederationError as err:
+        print(f"fedlatent: the federation failed: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

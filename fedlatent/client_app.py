@@ -1,0 +1,110 @@
+"""Flower ClientApp: a thin adapter from Messages to the pure functions of fedlatent.
+
+Handlers (message type -> what the client does):
+
+- ``train`` with ``config.phase == "encoder"``: one FedAvg round of the federated autoencoder.
+- ``train`` with ``config.phase == "classifier"``: local training of the federated classifier
+  (image classifier in ``raw``; latent classifier on its own encoded data otherwise).
+- ``evaluate``: accuracy of the global classifier on the test split encoded with this
+  client's encoder (the ``local`` encoder, which the server never holds).
+- ``query.set_encoder``: keep the server's frozen encoder (``public``/``federated``).
+- ``query.local_encoder``: train a private autoencoder; keep only its encoder, in state.
+- ``query.share_latents``: send encoded latents and labels of the private partition.
+
+Each message may run in a fresh process, so the encoder lives in ``context.state`` (the
+only thing Flower persists per node) and the data plan is recomputed from the config.
+In the latent modes no handler ever puts an image into a reply.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from . import payloads as P
+from .config import RunConfig
+from .models import Encoder
+from .plan import DataPlan, build_autoencoder, build_classifier, generator, make_plan
+from .training import encode, evaluate, train_autoencoder, train_classifier
+
+app = ClientApp()
+ENCODER_STATE = "encoder"
+
+
+def _setup(context: Context) -> tuple[RunConfig, DataPlan, int]:
+    cfg = RunConfig.from_run_config(context.run_config)
+    pid = int(context.node_config["partition-id"])
+    n = int(context.node_config.get("num-partitions", cfg.num_clients))
+    if n != cfg.num_clients:
+        raise ValueError(f"federation has {n} SuperNodes but config num-clients = {cfg.num_clients}")
+    return cfg, make_plan(cfg), pid
+
+
+def _encoder(context: Context, cfg: RunConfig, plan: DataPlan) -> Encoder:
+    if ENCODER_STATE not in context.state.array_records:
+        raise RuntimeError("this client holds no encoder yet (encoder phase did not run)")
+    encoder = Encoder(image_shape=plan.dataset.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
+    return P.load_arrays(encoder, context.state.array_records[ENCODER_STATE])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local training: the autoencoder or the classifier."""
+    cfg, plan, pid = _setup(context)
+    config = P.config_of(msg)
+    x, y = plan.client(pid)
+    gen = generator(cfg, pid, int(config.get("server-round", 0)), 0 if config.get("phase") == P.PHASE_ENCODER else 1)
+    if config.get("phase") == P.PHASE_ENCODER:
+        model = P.load_arrays(build_autoencoder(cfg, plan.dataset), msg.content[P.ARRAYS])
+        loss = train_autoencoder(model, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
+    else:
+        model = P.load_arrays(build_classifier(cfg, plan.dataset), msg.content[P.ARRAYS])
+        inputs = encode(_encoder(context, cfg, plan), x) if cfg.is_latent else x
+        loss = train_classifier(
+            model, inputs, y, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen
+        )
+    metrics = {"num-examples": len(x), "train-loss": loss, "partition-id": pid}
+    return P.reply(msg, metrics=metrics, arrays={P.ARRAYS: P.module_to_arrays(model)})
+
+
+@app.evaluate()
+def evaluate_(msg: Message, context: Context) -> Message:
+    """Test accuracy of the received classifier through this client's own encoder."""
+    cfg, plan, pid = _setup(context)
+    model = P.load_arrays(build_classifier(cfg, plan.dataset), msg.content[P.ARRAYS])
+    x, y = plan.test()
+    inputs = encode(_encoder(context, cfg, plan), x) if cfg.is_latent else x
+    loss, acc = evaluate(model, inputs, y)
+    return P.reply(msg, metrics={"num-examples": len(x), "loss": loss, "accuracy": acc, "partition-id": pid})
+
+
+@app.query("set_encoder")
+def set_encoder(msg: Message, context: Context) -> Message:
+    """Check and keep the frozen encoder the server distributes."""
+    cfg, plan, pid = _setup(context)
+    record = msg.content[P.ARRAYS]
+    encoder = Encoder(image_shape=plan.dataset.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
+    P.load_arrays(encoder, record)
+    context.state[ENCODER_STATE] = record
+    return P.reply(msg, metrics={"num-examples": len(plan.client_idx[pid]), "partition-id": pid})
+
+
+@app.query("local_encoder")
+def local_encoder(msg: Message, context: Context) -> Message:
+    """Train a private autoencoder; only its encoder is kept, and it never leaves."""
+    cfg, plan, pid = _setup(context)
+    x, _ = plan.client(pid)
+    ae = build_autoencoder(cfg, plan.dataset)
+    loss = train_autoencoder(ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg, pid, 0, 2))
+    context.state[ENCODER_STATE] = P.module_to_arrays(ae.encoder)  # the decoder is dropped here
+    return P.reply(msg, metrics={"num-examples": len(x), "recon-loss": loss, "partition-id": pid})
+
+
+@app.query("share_latents")
+def share_latents(msg: Message, context: Context) -> Message:
+    """Encode the private partition and send latents + labels (no images)."""
+    cfg, plan, pid = _setup(context)
+    x, y = plan.client(pid)
+    latents = encode(_encoder(context, cfg, plan), x).numpy()
+    record: ArrayRecord = P.pack_latents(latents, y.numpy())
+    return P.reply(msg, metrics={"num-examples": len(x), "partition-id": pid}, arrays={P.LATENTS: record})

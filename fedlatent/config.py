@@ -1,0 +1,154 @@
+"""One validated, immutable run configuration.
+
+Flower hands the apps a flat mapping of kebab-case keys (``context.run_config``); the CLI
+builds the same mapping. ``RunConfig.from_run_config`` is the single place where those keys
+are cast and checked, so a typo or an out-of-range value fails before any training starts,
+with a message naming the key. Every key has its default declared once, here, and mirrored
+under ``[tool.flwr.app.config]`` in pyproject.toml (a test keeps the two in sync).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .data import DATASETS, PARTITIONS
+
+MODES = ("raw", "latent-fedavg", "latent-share")
+ENCODERS = ("public", "federated", "local")
+AE_ARCHS = ("mlp", "conv")
+CLASSIFIER_ARCHS = ("mlp", "cnn")
+
+
+class ConfigError(ValueError):
+    """A run-config key is unknown, has the wrong type, or an invalid value."""
+
+
+def _choice(options: tuple[str, ...]) -> Any:
+    return lambda v: v in options or f"must be one of {', '.join(options)}"
+
+
+def _at_least(low: float) -> Any:
+    return lambda v: v >= low or f"must be >= {low}"
+
+
+def _positive(v: float) -> bool | str:
+    return (v > 0 and math.isfinite(v)) or "must be a finite number > 0"
+
+
+def _fraction(v: float) -> bool | str:
+    return 0.0 <= v < 1.0 or "must be in [0, 1)"
+
+
+def _unit(v: float) -> bool | str:
+    return 0.0 < v <= 1.0 or "must be in (0, 1]"
+
+
+def _key(default: Any, check: Any = None, doc: str = "") -> Any:
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of one fedlatent run (attribute names are the keys in snake_case)."""
+
+    dataset: str = _key("digits", _choice(DATASETS), "digits | fashion-mnist | mnist")
+    data_dir: str = _key("", None, "IDX directory ('' = default location)")
+    download: bool = _key(False, None, "allow torchvision to download the data set")
+    max_train: int = _key(0, _at_least(0), "cap on training records (0 = all)")
+    mode: str = _key("latent-fedavg", _choice(MODES), "raw | latent-fedavg | latent-share")
+    encoder: str = _key("public", _choice(ENCODERS), "public | federated | local")
+    num_clients: int = _key(10, _at_least(1), "number of clients (SuperNodes)")
+    rounds: int = _key(5, _at_least(1), "federated rounds of the classifier")
+    partition: str = _key("iid", _choice(PARTITIONS), "iid | dirichlet | shards")
+    alpha: float = _key(0.5, _positive, "Dirichlet concentration")
+    seed: int = _key(0, _at_least(0), "seed of splits, partitions and training")
+    public_fraction: float = _key(0.2, _fraction, "share of training data held out as public")
+    latent_dim: int = _key(32, _at_least(1), "size of the latent vector")
+    ae_arch: str = _key("mlp", _choice(AE_ARCHS), "autoencoder: mlp | conv")
+    ae_epochs: int = _key(50, _at_least(1), "autoencoder epochs (federated: per round)")
+    encoder_rounds: int = _key(3, _at_least(1), "FedAvg rounds of the federated encoder")
+    classifier_arch: str = _key("mlp", _choice(CLASSIFIER_ARCHS), "raw classifier: mlp | cnn")
+    local_epochs: int = _key(1, _at_least(1), "client epochs per round")
+    batch_size: int = _key(32, _at_least(1), "minibatch size")
+    lr: float = _key(1e-3, _positive, "Adam learning rate")
+    server_epochs: int = _key(20, _at_least(1), "latent-share: server epochs on pooled latents")
+    fraction_train: float = _key(1.0, _unit, "share of clients sampled per round")
+    out_dir: str = _key("", None, "run directory ('' = runs/<time>-<mode>-<encoder>)")
+
+    @classmethod
+    def keys(cls) -> dict[str, Any]:
+        """Kebab-case key -> default, in declaration order (the pyproject contract)."""
+        return {f.name.replace("_", "-"): f.default for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_run_config(cls, mapping: Mapping[str, Any]) -> RunConfig:
+        """Cast and validate a flat kebab-case mapping; missing keys take defaults.
+
+        Raises
+        ------
+        ConfigError
+            On an unknown key, a value of the wrong type, or an invalid value; the
+            message names the key.
+        """
+        fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(mapping) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(fields)}"
+            )
+        values = {}
+        for key, f in fields.items():
+            raw = mapping.get(key, f.default)
+            value = _cast(key, raw, type(f.default))
+            check = f.metadata["check"]
+            verdict = check(value) if check else True
+            if verdict is not True:
+                raise ConfigError(f"config key '{key}' = {raw!r}: {verdict}")
+            values[f.name] = value
+        return cls(**values)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The inverse of ``from_run_config``: a flat kebab-case mapping."""
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def is_latent(self) -> bool:
+        """True for the modes that train on latents rather than raw images."""
+        return self.mode != "raw"
+
+
+def _cast(key: str, raw: Any, kind: type) -> Any:
+    """Cast one value to the field's type, accepting the forms TOML and a CLI produce."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+    elif kind is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        if isinstance(raw, str):
+            try:
+                return int(raw)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            value = float(raw)
+            if math.isnan(value):
+                raise ConfigError(f"config key '{key}' is NaN")
+            return value
+        if isinstance(raw, str):
+            try:
+                return _cast(key, float(raw), float)
+            except ValueError:
+                pass
+    elif kind is str and isinstance(raw, str):
+        return raw
+    raise ConfigError(f"config key '{key}' = {raw!r}: expected {kind.__name__}")

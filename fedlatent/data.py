@@ -1,0 +1,349 @@
+"""Datasets for fedlatent: loading, a public/private split, and client partitions.
+
+Every method compared must see exactly the same records, so the three data steps live here,
+deterministic and seeded: ``load_dataset`` gives float32 images in [0, 1] of shape
+(n, 1, H, W); ``public_private_split`` holds out a stratified *public* part of the training
+set (data the server may see) and keeps the *private* rest for the clients; ``partition``
+spreads the private records over N clients, IID or label-skewed. MNIST-format data is read
+by our own validating IDX reader, so the Debian ``dataset-fashion-mnist`` package or a
+torchvision download folder both work offline, and a damaged file fails loudly, by name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist")
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "shards")
+
+# (role, accepted file stems); "t10k" is the official test prefix, "test" a common rename.
+_IDX_ROLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("train-images", ("train-images-idx3-ubyte",)),
+    ("train-labels", ("train-labels-idx1-ubyte",)),
+    ("test-images", ("t10k-images-idx3-ubyte", "test-images-idx3-ubyte")),
+    ("test-labels", ("t10k-labels-idx1-ubyte", "test-labels-idx1-ubyte")),
+)
+_DIRICHLET_TRIES = 1000
+
+
+class DataError(ValueError):
+    """Any problem with data or data arguments; names the offending file when there is one."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: element-wise array equality has no truth value
+class Dataset:
+    """A loaded dataset: float32 images in [0, 1] of shape (n, 1, H, W), int64 labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        # Cheap structural checks only, so a malformed Dataset cannot travel far.
+        for x, y in ((self.x_train, self.y_train), (self.x_test, self.y_test)):
+            if (x.dtype, x.ndim, y.dtype, y.shape) != (np.float32, 4, np.int64, x.shape[:1]):
+                raise DataError(f"{self.name}: need float32 (n, C, H, W) images and int64 (n,) "
+                                f"labels, got {x.dtype} {x.shape} and {y.dtype} {y.shape}")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise DataError(f"{self.name}: train and test image shapes differ")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Shape of one image, (1, H, W)."""
+        _, c, h, w = self.x_train.shape
+        return (int(c), int(h), int(w))
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read one uint8 IDX file, plain or gzip-compressed.
+
+    The file is gunzipped when its name ends in ``.gz`` or it starts with the gzip magic.
+    Returns a uint8 array of the shape declared in the header.
+
+    Raises
+    ------
+    DataError
+        Unreadable file or corrupt gzip, bad magic, a dtype other than uint8 (0x08), or a
+        payload not exactly prod(dims) bytes long. The message names ``path``.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: not an IDX file (magic {raw[:4].hex() or 'missing'})")
+    if raw[2] != 0x08:
+        raise DataError(f"{path}: IDX dtype code 0x{raw[2]:02x} unsupported, expected 0x08 (uint8)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path}: IDX header with {ndim} dimensions is empty or truncated")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected, got = math.prod(dims), len(raw) - header
+    if got != expected:
+        kind = "truncated" if got < expected else "overlong"
+        raise DataError(f"{path}: {kind} IDX payload, {got} bytes for shape {dims} ({expected})")
+    # frombuffer on bytes is read-only; copy so callers own an ordinary array.
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def find_idx_files(name: str, data_dir: str | None) -> dict[str, Path]:
+    """Locate the four IDX files of ``name`` ("fashion-mnist" or "mnist").
+
+    Looks in ``data_dir`` and its torchvision layout (``FashionMNIST/raw``, ``MNIST/raw``) for
+    e.g. ``train-images-idx3-ubyte`` or ``...ubyte.gz``. With ``data_dir=None``, fashion-mnist
+    uses ``FASHION_MNIST_DEBIAN_DIR``; mnist has no default. Returns a dict with keys
+    "train-images", "train-labels", "test-images", "test-labels".
+
+    Raises
+    ------
+    DataError
+        Not an IDX dataset, no location, or a file missing (named, with the folders searched).
+    """
+    if name not in ("fashion-mnist", "mnist"):
+        raise DataError(f"dataset {name!r} has no IDX files; only 'fashion-mnist' and 'mnist' do")
+    if data_dir is None:
+        if name == "mnist":
+            raise DataError("mnist has no default location: pass a data dir with its IDX "
+                            "files, or download=True")
+        data_dir = FASHION_MNIST_DEBIAN_DIR
+    root = Path(data_dir).expanduser()
+    dirs = (root, root / ("FashionMNIST" if name == "fashion-mnist" else "MNIST") / "raw")
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for role, stems in _IDX_ROLES:
+        # Plain before .gz: torchvision keeps both, and the plain one reads faster.
+        candidates = (d / (stem + ext) for d in dirs for stem in stems for ext in ("", ".gz"))
+        hit = next((c for c in candidates if c.is_file()), None)
+        if hit is None:
+            missing.append(stems[0])
+        else:
+            found[role] = hit
+    if missing:
+        looked = " and ".join(str(d) for d in dirs)
+        raise DataError(f"{name}: missing IDX file(s) {', '.join(missing)} (or .gz) in {looked}; "
+                        "pass a data dir holding them, or download=True")
+    return found
+
+
+def load_dataset(name: str, *, data_dir: str | None = None, download: bool = False,
+                 max_train: int = 0, max_test: int = 0) -> Dataset:
+    """Load a dataset as float32 images in [0, 1], shape (n, 1, H, W), and int64 labels.
+
+    Parameters
+    ----------
+    name : str
+        One of ``DATASETS``. "digits" is scikit-learn's 8x8 digits with a fixed stratified
+        20% test split (seed 0, independent of any run seed); the others are 28x28 IDX data.
+    data_dir : str, optional
+        Folder of the IDX files (see ``find_idx_files``), or the download root.
+    download : bool
+        Fetch IDX data missing from ``data_dir`` (default ``~/.cache/fedlatent``) with torchvision.
+    max_train, max_test : int
+        If > 0, keep a fixed (seed 0) stratified subset of that many records; 0 keeps all.
+
+    Raises
+    ------
+    DataError
+        Unknown name, bad arguments, missing/corrupt/inconsistent files, or a failed download.
+        Nothing is returned half-loaded.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if max_train < 0 or max_test < 0:
+        raise DataError(f"max_train and max_test must be >= 0, got {max_train} and {max_test}")
+    x_tr, y_tr, x_te, y_te, scale = (_raw_digits() if name == "digits"
+                                     else _raw_idx(name, data_dir, download))
+    out: list[np.ndarray] = []
+    for x, y, cap in ((x_tr, y_tr, max_train), (x_te, y_te, max_test)):
+        if 0 < cap < len(y):  # subset before the float conversion to save memory
+            keep = _stratified_take(y, cap, np.random.default_rng(0))
+            x, y = x[keep], y[keep]
+        out += [(x.astype(np.float32) / np.float32(scale))[:, None], y.astype(np.int64)]
+    return Dataset(name, out[0], out[1], out[2], out[3], num_classes=10)
+
+
+def public_private_split(labels: np.ndarray, *, public_fraction: float,
+                         seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices 0..len(labels)-1 into stratified (public, private) index sets.
+
+    ``round(public_fraction * n)`` records (at most n - 1) go public, each class in proportion.
+    Both results are sorted int64, disjoint, and together cover every index.
+
+    Raises
+    ------
+    DataError
+        ``public_fraction`` outside [0, 1), or labels not a 1-D integer array.
+    """
+    labels = _int_vector(labels, "labels")
+    if not 0.0 <= public_fraction < 1.0:
+        raise DataError(f"public_fraction must be in [0, 1), got {public_fraction}")
+    n = len(labels)
+    n_public = min(round(public_fraction * n), max(n - 1, 0))
+    public = (_stratified_take(labels, n_public, np.random.default_rng(seed))
+              if n_public else np.empty(0, dtype=np.int64))
+    private = np.setdiff1d(np.arange(n, dtype=np.int64), public, assume_unique=True)
+    return public, private
+
+
+def partition(labels: np.ndarray, indices: np.ndarray, *, num_clients: int, scheme: str,
+              alpha: float = 0.5, seed: int = 0) -> list[np.ndarray]:
+    """Partition ``indices`` (into ``labels``) over ``num_clients`` clients.
+
+    Schemes: "iid" (random, near-equal sizes); "dirichlet" (per class, proportions drawn
+    from Dirichlet(alpha) over clients, as in NIID-Bench, redrawn until each client holds
+    at least min(10, n // num_clients) records); "shards" (McMahan et al. 2017: sort by
+    label, cut 2 * num_clients shards, two random shards per client).
+
+    Returns ``num_clients`` sorted int64 arrays, none empty, each index in exactly one;
+    the same inputs and seed give the same output.
+
+    Raises
+    ------
+    DataError
+        Unknown scheme, alpha <= 0, num_clients < 1, bad or duplicate indices, too few
+        records, or no acceptable Dirichlet draw within the try budget.
+    """
+    labels = _int_vector(labels, "labels")
+    if scheme not in PARTITIONS:
+        raise DataError(f"unknown scheme {scheme!r}; choose one of {', '.join(PARTITIONS)}")
+    if not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
+        raise DataError(f"num_clients must be >= 1, got {num_clients}")
+    if not alpha > 0:  # also rejects NaN
+        raise DataError(f"alpha must be > 0, got {alpha}")
+    # Sorting makes the result depend on the set of indices, not the order they came in.
+    idx = np.sort(_int_vector(indices, "indices").astype(np.int64))
+    if idx.size and (idx[0] < 0 or idx[-1] >= len(labels)):
+        raise DataError(f"indices must lie in [0, {len(labels)})")
+    if np.any(idx[1:] == idx[:-1]):
+        raise DataError("indices contain duplicates")
+    if len(idx) < num_clients:
+        raise DataError(f"{len(idx)} records cannot give each of {num_clients} clients one")
+    rng = np.random.default_rng(seed)
+    if scheme == "iid":
+        parts = np.array_split(rng.permutation(idx), num_clients)
+    elif scheme == "dirichlet":
+        parts = _dirichlet(labels[idx], idx, num_clients, alpha, rng)
+    else:
+        parts = _shards(labels[idx], idx, num_clients, rng)
+    return [np.sort(p).astype(np.int64) for p in parts]
+
+
+def _int_vector(values: np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise DataError(f"{what} must be a 1-D integer array, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def _stratified_take(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted int64 indices of k records (0 < k <= n) whose class mix matches ``labels``."""
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    # Exact integer largest-remainder rounding, so the per-class takes sum to k exactly.
+    take, rem = np.divmod(counts * k, len(labels))
+    take[np.argsort(-rem, kind="stable")[: k - int(take.sum())]] += 1
+    chosen = [rng.permutation(np.flatnonzero(inverse == c))[:t] for c, t in enumerate(take)]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def _raw_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    from sklearn.datasets import load_digits  # lazy: sklearn is slow to import
+
+    bunch = load_digits()
+    x, y = bunch.images, bunch.target
+    # Seed 0, never the run seed: the digits test split must be the same for every run.
+    test = _stratified_take(y, round(0.2 * len(y)), np.random.default_rng(0))
+    train = np.setdiff1d(np.arange(len(y)), test, assume_unique=True)
+    return x[train], y[train], x[test], y[test], 16.0
+
+
+def _raw_idx(name: str, data_dir: str | None,
+             download: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    if download:
+        root = Path(data_dir or Path.home() / ".cache" / "fedlatent").expanduser()
+        try:  # already downloaded: no network needed
+            files = find_idx_files(name, str(root))
+        except DataError:
+            try:
+                from torchvision import datasets as tvd  # lazy: only needed for downloads
+
+                cls = tvd.FashionMNIST if name == "fashion-mnist" else tvd.MNIST
+                cls(root=str(root), train=True, download=True)  # fetches all four files
+            except Exception as exc:  # no network: URLError, OSError or RuntimeError
+                raise DataError(f"could not download {name} into {root} ({exc}); check the "
+                                "network, or pass a data dir holding the IDX files") from exc
+            files = find_idx_files(name, str(root))
+    else:
+        files = find_idx_files(name, data_dir)
+    arrays = {role: read_idx(path) for role, path in files.items()}
+    for split in ("train", "test"):
+        img_file, lab_file = files[f"{split}-images"], files[f"{split}-labels"]
+        images, labels = arrays[f"{split}-images"], arrays[f"{split}-labels"]
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) == 0:
+            raise DataError(f"{img_file}: expected a non-empty stack of 28x28 images, "
+                            f"got shape {images.shape}")
+        if labels.ndim != 1:
+            raise DataError(f"{lab_file}: expected 1-D labels, got shape {labels.shape}")
+        if len(images) != len(labels):
+            raise DataError(f"{img_file} has {len(images)} images but {lab_file} has "
+                            f"{len(labels)} labels")
+        if labels.max() > 9:
+            raise DataError(f"{lab_file}: label {labels.max()} outside 0..9")
+    return (arrays["train-images"], arrays["train-labels"],
+            arrays["test-images"], arrays["test-labels"], 255.0)
+
+
+def _dirichlet(lab: np.ndarray, idx: np.ndarray, k: int, alpha: float,
+               rng: np.random.Generator) -> list[np.ndarray]:
+    n = len(idx)
+    min_size = min(10, n // k)
+    # Shuffle each class once; a retry only needs fresh proportions to change the partition.
+    by_class = [rng.permutation(idx[lab == c]) for c in np.unique(lab)]
+    for _ in range(_DIRICHLET_TRIES):
+        parts: list[list[np.ndarray]] = [[] for _ in range(k)]
+        sizes = np.zeros(k, dtype=np.int64)
+        for members in by_class:
+            # NIID-Bench balancing: a client holding its fair share n/k gets no more of the
+            # later classes, so one client cannot swallow most of the data.
+            open_ = sizes < n / k  # never all False: fewer than n records are placed so far
+            p = rng.dirichlet(np.full(k, alpha)) * open_
+            p = p / p.sum() if p.sum() > 0 else open_ / open_.sum()  # underflow at tiny alpha
+            cuts = (np.cumsum(p)[:-1] * len(members)).astype(np.int64)
+            for client, chunk in enumerate(np.split(members, cuts)):
+                parts[client].append(chunk)
+                sizes[client] += len(chunk)
+        if sizes.min() >= min_size:
+            return [np.concatenate(p) for p in parts]
+    raise DataError(f"dirichlet(alpha={alpha}): no draw in {_DIRICHLET_TRIES} tries gave all "
+                    f"{k} clients >= {min_size} of {n} records; use fewer clients or larger alpha")
+
+
+def _shards(lab: np.ndarray, idx: np.ndarray, k: int,
+            rng: np.random.Generator) -> list[np.ndarray]:
+    n, n_shards = len(idx), 2 * k
+    if n < n_shards:
+        raise DataError(f"shards: {n} records cannot fill 2 * {k} = {n_shards} shards")
+    # Shuffle, then stable-sort by label: shards are label-sorted runs, random within a label.
+    perm = rng.permutation(n)
+    order = idx[perm][np.argsort(lab[perm], kind="stable")]
+    size, rem = divmod(n, n_shards)
+    # The last `rem` shards take one extra record each, so no record is dropped.
+    bounds = np.cumsum([size + (s >= n_shards - rem) for s in range(n_shards)])[:-1]
+    shards = np.split(order, bounds)
+    owner = rng.permutation(n_shards)
+    return [np.concatenate([shards[owner[2 * c]], shards[owner[2 * c + 1]]]) for c in range(k)]

@@ -1,0 +1,143 @@
+"""The three networks of fedlatent, as plain ``nn.Module``s.
+
+- ``Autoencoder``: an ``Encoder`` (image -> latent) and a ``Decoder`` (latent -> image). Only
+  the encoder is ever kept after training; the decoder is discarded (the seed's rule). Two
+  shapes: the seed's MLP (input-700-500-300-d) and a small convolutional variant.
+- ``LatentClassifier``: latent -> class logits.
+- ``ImageClassifier``: image -> class logits, for the raw baseline (MLP or small CNN).
+
+Two bugs of the seed's reference code are deliberately absent: the bottleneck is linear (a
+ReLU there kills latent dimensions) and logits are linear (a ReLU there clips negative
+logits and cripples the softmax). Only layers Opacus can compute per-sample gradients for
+are used (Linear, Conv2d, GroupNorm; no BatchNorm), so every model can be trained with DP-SGD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+MLP_AE_HIDDEN = (700, 500, 300)
+
+
+def _mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them and none after the last."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _check_conv_shape(image_shape: tuple[int, int, int]) -> None:
+    _, h, w = image_shape
+    if h != w or h % 4:
+        raise ValueError(f"conv autoencoder needs square images with side divisible by 4, got {image_shape}")
+
+
+class Encoder(nn.Module):
+    """Image ``(B, C, H, W)`` -> latent ``(B, d)``; the last layer is linear."""
+
+    def __init__(self, *, image_shape: tuple[int, int, int], latent_dim: int, arch: str = "mlp") -> None:
+        super().__init__()
+        c, h, w = image_shape
+        if arch == "mlp":
+            self.net: nn.Module = nn.Sequential(nn.Flatten(), _mlp((c * h * w, *MLP_AE_HIDDEN, latent_dim)))
+        elif arch == "conv":
+            _check_conv_shape(image_shape)
+            self.net = nn.Sequential(
+                nn.Conv2d(c, 16, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(32 * (h // 4) * (w // 4), latent_dim),
+            )
+        else:
+            raise ValueError(f"unknown autoencoder arch {arch!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """Latent ``(B, d)`` -> image ``(B, C, H, W)`` in [0, 1] (sigmoid output)."""
+
+    def __init__(self, *, image_shape: tuple[int, int, int], latent_dim: int, arch: str = "mlp") -> None:
+        super().__init__()
+        c, h, w = image_shape
+        self.image_shape = image_shape
+        if arch == "mlp":
+            self.net: nn.Module = _mlp((latent_dim, *reversed(MLP_AE_HIDDEN), c * h * w))
+        elif arch == "conv":
+            _check_conv_shape(image_shape)
+            self.net = nn.Sequential(
+                nn.Linear(latent_dim, 32 * (h // 4) * (w // 4)),
+                nn.ReLU(),
+                nn.Unflatten(1, (32, h // 4, w // 4)),
+                nn.ConvTranspose2d(32, 16, 3, stride=2, padding=1, output_padding=1),
+                nn.ReLU(),
+                nn.ConvTranspose2d(16, c, 3, stride=2, padding=1, output_padding=1),
+            )
+        else:
+            raise ValueError(f"unknown autoencoder arch {arch!r}")
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.sigmoid(self.net(z)).reshape(-1, *self.image_shape)
+
+
+class Autoencoder(nn.Module):
+    """Encoder + decoder trained on reconstruction; keep ``.encoder``, drop the rest."""
+
+    def __init__(self, *, image_shape: tuple[int, int, int], latent_dim: int, arch: str = "mlp") -> None:
+        super().__init__()
+        self.encoder = Encoder(image_shape=image_shape, latent_dim=latent_dim, arch=arch)
+        self.decoder = Decoder(image_shape=image_shape, latent_dim=latent_dim, arch=arch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.decoder(self.encoder(x))
+
+
+class LatentClassifier(nn.Module):
+    """Latent ``(B, d)`` -> logits ``(B, K)``: an MLP with linear output."""
+
+    def __init__(self, *, latent_dim: int, num_classes: int, hidden: Sequence[int] = (256, 128)) -> None:
+        super().__init__()
+        self.net = _mlp((latent_dim, *hidden, num_classes))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.net(z)
+
+
+class ImageClassifier(nn.Module):
+    """Image -> logits for the raw baseline: ``mlp`` (256-128) or a small 2-conv ``cnn``."""
+
+    def __init__(self, *, image_shape: tuple[int, int, int], num_classes: int, arch: str = "mlp") -> None:
+        super().__init__()
+        c, h, w = image_shape
+        if arch == "mlp":
+            self.net: nn.Module = nn.Sequential(nn.Flatten(), _mlp((c * h * w, 256, 128, num_classes)))
+        elif arch == "cnn":
+            # GroupNorm rather than BatchNorm: per-sample gradients stay well defined for DP-SGD.
+            self.net = nn.Sequential(
+                nn.Conv2d(c, 16, 3, padding=1),
+                nn.GroupNorm(4, 16),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 3, padding=1),
+                nn.GroupNorm(4, 32),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Flatten(),
+                nn.Linear(32 * (h // 4) * (w // 4), 64),
+                nn.ReLU(),
+                nn.Linear(64, num_classes),
+            )
+        else:
+            raise ValueError(f"unknown classifier arch {arch!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.net(x)

@@ -1,0 +1,78 @@
+"""What each party of a run holds and builds, derived from the RunConfig alone.
+
+Every process of a federation (the ServerApp and each ClientApp, possibly on other machines)
+recomputes the same plan from the same config: the data set, the public split, and the
+partition of the private rest. Determinism is the contract: the seed fixes everything, so
+no index list ever needs to travel in a message. A client takes only its own partition;
+the server takes the public split (public by definition), the test split (for evaluation)
+and the partition indices only to export ``private_index/`` for scoring attacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import RunConfig
+from .data import Dataset, load_dataset, partition, public_private_split
+from .models import Autoencoder, ImageClassifier, LatentClassifier
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """The data set plus who holds which training records (indices into ``x_train``)."""
+
+    dataset: Dataset
+    public_idx: np.ndarray
+    client_idx: tuple[np.ndarray, ...]
+
+    def client(self, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of one client's private partition."""
+        return self._take(self.client_idx[partition_id])
+
+    def public(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of the public split (everyone's, the attacker's too)."""
+        return self._take(self.public_idx)
+
+    def test(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out test split, used only for evaluation."""
+        return torch.from_numpy(self.dataset.x_test), torch.from_numpy(self.dataset.y_test)
+
+    def _take(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = self.dataset
+        return torch.from_numpy(ds.x_train[idx]), torch.from_numpy(ds.y_train[idx])
+
+
+def make_plan(cfg: RunConfig) -> DataPlan:
+    """Load the data set and split it as ``cfg`` says (same config -> same plan)."""
+    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir or None, download=cfg.download, max_train=cfg.max_train)
+    public_idx, private_idx = public_private_split(ds.y_train, public_fraction=cfg.public_fraction, seed=cfg.seed)
+    parts = partition(
+        ds.y_train, private_idx, num_clients=cfg.num_clients, scheme=cfg.partition, alpha=cfg.alpha, seed=cfg.seed
+    )
+    return DataPlan(dataset=ds, public_idx=public_idx, client_idx=tuple(parts))
+
+
+def build_autoencoder(cfg: RunConfig, ds: Dataset) -> Autoencoder:
+    """A fresh autoencoder, seeded so every party starts from the same weights."""
+    with torch.random.fork_rng():  # seed the init without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        return Autoencoder(image_shape=ds.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
+
+
+def build_classifier(cfg: RunConfig, ds: Dataset) -> nn.Module:
+    """The model the federation trains: an image classifier in ``raw``, else a latent one."""
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed + 1)
+        if cfg.mode == "raw":
+            return ImageClassifier(image_shape=ds.image_shape, num_classes=ds.num_classes, arch=cfg.classifier_arch)
+        return LatentClassifier(latent_dim=cfg.latent_dim, num_classes=ds.num_classes)
+
+
+def generator(cfg: RunConfig, *parts: int) -> torch.Generator:
+    """A torch generator seeded by the run seed and a tuple like (partition, round)."""
+    seed = int(np.random.SeedSequence([cfg.seed, *parts]).generate_state(1)[0])
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,145 @@
+"""Run directories: ``results.json``, ``history.csv``, ``private_index/`` and plots.
+
+``results.json`` is the contract benchmarks and audits rely on (ARCHITECTURE.md, "Run
+directory"). Privacy fields are written always, and written honestly: with no DP anywhere,
+``epsilon`` is null and ``end_to_end_dp`` is false; labels are marked as sent in clear
+whenever latents are shared.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .config import RunConfig
+from .plan import DataPlan
+
+
+def run_directory(cfg: RunConfig) -> Path:
+    """The run's output directory (created); ``out-dir`` or ``runs/<time>-<mode>-<encoder>``."""
+    if cfg.out_dir:
+        out = Path(cfg.out_dir).expanduser()
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = f"{stamp}-{cfg.dataset}-{cfg.mode}" + (f"-{cfg.encoder}" if cfg.is_latent else "")
+        out = Path("runs") / name
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@dataclass
+class RunRecord:
+    """Everything a run reports, filled in by the ServerApp as it goes."""
+
+    cfg: RunConfig
+    out: Path
+    plan: DataPlan
+    history: list[dict[str, Any]] = field(default_factory=list)
+    accuracy: float = float("nan")
+    client_accuracy: dict[int, float] | None = None
+
+    def results(self, *, bytes_up: int, bytes_down: int, seconds: float) -> dict[str, Any]:
+        """The ``results.json`` mapping."""
+        cfg = self.cfg
+        privacy_note = (
+            "No differential privacy is applied in this run: epsilon is null and the run gives "
+            "no formal privacy guarantee."
+        )
+        return {
+            "mode": cfg.mode,
+            "encoder": cfg.encoder if cfg.is_latent else None,
+            "dataset": cfg.dataset,
+            "num_clients": cfg.num_clients,
+            "rounds": cfg.rounds,
+            "partition": cfg.partition,
+            "alpha": cfg.alpha if cfg.partition == "dirichlet" else None,
+            "accuracy": self.accuracy,
+            "accuracy_per_client": _str_keys(self.client_accuracy),
+            "epsilon": None,
+            "epsilon_per_client": {str(i): None for i in range(cfg.num_clients)},
+            "delta": None,
+            "end_to_end_dp": False,
+            "privacy_note": privacy_note,
+            "labels_in_clear": cfg.mode == "latent-share",
+            "bytes_uploaded": bytes_up,
+            "bytes_downloaded": bytes_down,
+            "wall_seconds": seconds,
+            "history": self.history,
+            "seed": cfg.seed,
+            "records": {
+                "public": int(len(self.plan.public_idx)),
+                "private": int(sum(len(c) for c in self.plan.client_idx)),
+                "test": int(len(self.plan.dataset.y_test)),
+                "per_client": [int(len(c)) for c in self.plan.client_idx],
+            },
+            "config": cfg.to_run_config(),
+            "fedlatent_version": __version__,
+        }
+
+    def finish(self, *, bytes_up: int, bytes_down: int, seconds: float) -> dict[str, Any]:
+        """Write every file of the run directory; return the results mapping."""
+        results = self.results(bytes_up=bytes_up, bytes_down=bytes_down, seconds=seconds)
+        write_private_index(self.out / "private_index", self.plan)
+        write_history_csv(self.out / "history.csv", self.history)
+        plot_history(self.out / "accuracy.png", self.history, title=f"{self.cfg.dataset} {self.cfg.mode}")
+        (self.out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+        return results
+
+
+def _str_keys(d: dict[int, float] | None) -> dict[str, float] | None:
+    return None if d is None else {str(k): v for k, v in sorted(d.items())}
+
+
+def write_private_index(root: Path, plan: DataPlan) -> None:
+    """Which training records each client held: for scoring attacks, never for attacking."""
+    root.mkdir(parents=True, exist_ok=True)
+    for pid, idx in enumerate(plan.client_idx):
+        np.save(root / f"client_{pid:03d}.npy", idx)
+    readme = {
+        "dataset": plan.dataset.name,
+        "description": "client_<p>.npy: indices into the training split held privately by partition p",
+        "clients": len(plan.client_idx),
+    }
+    (root / "manifest.json").write_text(json.dumps(readme, indent=2))
+
+
+def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """Per-round metrics as CSV (nested per-client values are left to results.json)."""
+    columns = sorted({k for row in history for k, v in row.items() if not isinstance(v, dict)}, key=_column_order)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _column_order(name: str) -> tuple[int, str]:
+    return (0 if name == "round" else 1, name)
+
+
+def plot_history(path: Path, history: list[dict[str, Any]], *, title: str) -> None:
+    """Test accuracy per round as a PNG (skipped when no round has an accuracy)."""
+    points = [(row["round"], row["accuracy"]) for row in history if "accuracy" in row]
+    if not points:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(*zip(*points), marker="o")
+    ax.set_xlabel("round (latent-share: server epoch)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,133 @@
+"""FedAvg that checks, records and counts every message, on top of Flower's own FedAvg.
+
+Aggregation stays Flower's. What this subclass adds is the server's bookkeeping: each reply
+is checked against the wire contract (``payloads``) before it can reach aggregation, an
+invalid or failed reply is logged and left out while the round goes on with the others,
+every accepted upload is written to the server view, and bytes are counted both ways.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from . import payloads as P
+from .server_view import ServerView
+
+log = logging.getLogger("fedlatent")
+
+
+@dataclass
+class Traffic:
+    """Bytes of array payloads sent to (down) and received from (up) clients."""
+
+    up: int = 0
+    down: int = 0
+
+    def sent(self, messages: Iterable[Message]) -> list[Message]:
+        """Count outgoing messages and pass them through."""
+        messages = list(messages)
+        self.down += sum(P.payload_bytes(m.content) for m in messages)
+        return messages
+
+
+@dataclass
+class ClientEval:
+    """Per-round, per-partition accuracy reported by clients in federated evaluation."""
+
+    rounds: dict[int, dict[int, float]] = field(default_factory=dict)
+
+
+def accept(msg: Message, *, phase: str, rnd: int, view: ServerView, traffic: Traffic) -> int | None:
+    """Common checks on any reply; return its partition id, or None if rejected."""
+    node = msg.metadata.src_node_id
+    if msg.has_error():
+        reason = f"client error: {msg.error.reason}"
+    else:
+        traffic.up += P.payload_bytes(msg.content)
+        try:
+            P.num_examples(msg.content)
+            metrics = dict(msg.content[P.METRICS])
+            view.metrics(phase, rnd, node, metrics)
+            return int(metrics.get("partition-id", -1))
+        except (P.PayloadError, KeyError, TypeError, ValueError) as err:
+            reason = str(err)
+    log.warning("rejected %s reply from node %s in round %s: %s", phase, node, rnd, reason)
+    view.rejected(phase, rnd, node, reason)
+    return None
+
+
+class RecordingFedAvg(FedAvg):
+    """Flower's FedAvg plus reply checks, server-view recording and byte counting."""
+
+    def __init__(
+        self,
+        *,
+        phase: str,
+        shapes: Mapping[str, tuple[int, ...]],
+        view: ServerView,
+        traffic: Traffic,
+        num_clients: int,
+        fraction_train: float = 1.0,
+        federated_evaluation: bool = False,
+    ) -> None:
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=1.0 if federated_evaluation else 0.0,
+            min_train_nodes=max(1, round(fraction_train * num_clients)),
+            min_evaluate_nodes=num_clients,
+            min_available_nodes=num_clients,
+        )
+        self.phase, self.shapes, self.view, self.traffic = phase, dict(shapes), view, traffic
+        self.client_eval = ClientEval()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's messages, tagged with the phase, recorded and counted."""
+        config["phase"] = self.phase
+        self.view.sent(self.phase, server_round, arrays)
+        return self.traffic.sent(super().configure_train(server_round, arrays, config, grid))
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate only the replies that pass the checks; record each one."""
+        accepted = []
+        for msg in replies:
+            pid = accept(msg, phase=self.phase, rnd=server_round, view=self.view, traffic=self.traffic)
+            if pid is None:
+                continue
+            try:
+                P.check_arrays(msg.content[P.ARRAYS], self.shapes)
+            except (P.PayloadError, KeyError, TypeError) as err:
+                log.warning("rejected %s update of partition %s: %s", self.phase, pid, err)
+                self.view.rejected(self.phase, server_round, msg.metadata.src_node_id, str(err))
+                continue
+            self.view.received(self.phase, server_round, pid, msg.content[P.ARRAYS])
+            accepted.append(msg)
+        if not accepted:
+            log.warning("round %s of %s: no valid update; the global model is kept", server_round, self.phase)
+            return None, None
+        return super().aggregate_train(server_round, accepted)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's evaluate messages, counted."""
+        return self.traffic.sent(super().configure_evaluate(server_round, arrays, config, grid))
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Mean of the valid clients' metrics; keep every client's accuracy."""
+        accepted = []
+        for msg in replies:
+            pid = accept(msg, phase="evaluate", rnd=server_round, view=self.view, traffic=self.traffic)
+            if pid is not None and "accuracy" in msg.content[P.METRICS]:
+                self.client_eval.rounds.setdefault(server_round, {})[pid] = float(msg.content[P.METRICS]["accuracy"])
+                accepted.append(msg)
+        return super().aggregate_evaluate(server_round, accepted) if accepted else None

@@ -1,0 +1,122 @@
+"""Pure training and evaluation functions: (model, data, settings, generator) -> numbers.
+
+Nothing here knows about Flower, clients or privacy. The apps call these functions; the
+DP code hands ``fit`` an Opacus-wrapped model, optimizer and Poisson-sampled loader instead
+of the plain ones built here, so the same loop serves private and non-private training.
+Randomness comes only from the ``torch.Generator`` passed in, so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .models import Autoencoder
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def classification_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``model(x)`` against integer labels ``y``."""
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def reconstruction_loss(model: nn.Module, x: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the reconstruction against the input (images in [0, 1])."""
+    return nn.functional.binary_cross_entropy(model(x), x)
+
+
+def make_loader(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, generator: torch.Generator) -> DataLoader:
+    """A shuffling loader over ``(x, y)`` whose order is fixed by ``generator``."""
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=generator)
+
+
+def fit(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    loss_fn: LossFn,
+) -> float:
+    """Train in place for ``epochs``; return the mean loss of the last epoch.
+
+    Raises
+    ------
+    FloatingPointError
+        If the loss becomes NaN or infinite (diverged training must not be sent on).
+    """
+    model.train()
+    mean = float("nan")
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for x, y in loader:
+            if len(x) == 0:  # Poisson sampling can draw an empty batch
+                continue
+            optimizer.zero_grad()
+            loss = loss_fn(model, x, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()}")
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(x)
+            count += len(x)
+        mean = total / max(count, 1)
+    return mean
+
+
+def train_classifier(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+) -> float:
+    """Train a classifier (image or latent) with Adam and cross-entropy."""
+    loader = make_loader(x, y, batch_size=batch_size, generator=generator)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return fit(model, loader, optimizer, epochs=epochs, loss_fn=classification_loss)
+
+
+def train_autoencoder(
+    model: Autoencoder,
+    x: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+) -> float:
+    """Train an autoencoder on reconstruction; labels are never used."""
+    loader = make_loader(x, torch.zeros(len(x), dtype=torch.long), batch_size=batch_size, generator=generator)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return fit(model, loader, optimizer, epochs=epochs, loss_fn=reconstruction_loss)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 2048) -> tuple[float, float]:
+    """Return ``(mean cross-entropy, accuracy)`` of a classifier on ``(x, y)``."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i : i + batch_size])
+        target = y[i : i + batch_size]
+        loss += nn.functional.cross_entropy(logits, target, reduction="sum").item()
+        correct += int((logits.argmax(1) == target).sum())
+    n = max(len(x), 1)
+    return loss / n, correct / n
+
+
+@torch.no_grad()
+def encode(encoder: nn.Module, x: torch.Tensor, *, batch_size: int = 2048) -> torch.Tensor:
+    """Latents of ``x`` under a frozen encoder (no gradients, eval mode)."""
+    encoder.eval()
+    if len(x) == 0:
+        return torch.empty(0)
+    return torch.cat([encoder(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])

@@ -74,8 +74,11 @@ def _echo(verbose: bool) -> Any:
 def run_one(link: LocalSuperLink, cfg: RunConfig, *, verbose: bool, timeout: float) -> dict[str, Any]:
     """Run one federation on ``link`` and return its ``results.json``."""
     result = link.run(
-        app_dir(), run_config=cfg.to_run_config(), num_supernodes=cfg.num_clients,
-        timeout=timeout, echo=_echo(verbose),
+        app_dir(),
+        run_config=cfg.to_run_config(),
+        num_supernodes=cfg.num_clients,
+        timeout=timeout,
+        echo=_echo(verbose),
     )
     results_path = Path(cfg.out_dir) / "results.json"
     if not results_path.is_file():

@@ -18,6 +18,7 @@ In the latent modes no handler ever puts an image into a reply.
 
 from __future__ import annotations
 
+import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
@@ -41,10 +42,8 @@ def _setup(context: Context) -> tuple[RunConfig, DataPlan, int]:
 
 
 def _encoder(context: Context, cfg: RunConfig, plan: DataPlan) -> Encoder:
-    if ENCODER_STATE not in context.state.array_records:
-        raise RuntimeError("this client holds no encoder yet (encoder phase did not run)")
     encoder = Encoder(image_shape=plan.dataset.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
-    return P.load_arrays(encoder, context.state.array_records[ENCODER_STATE])
+    return P.load_arrays(encoder, P.arrays(context.state, ENCODER_STATE))
 
 
 @app.train()
@@ -53,13 +52,17 @@ def train(msg: Message, context: Context) -> Message:
     cfg, plan, pid = _setup(context)
     config = P.config_of(msg)
     x, y = plan.client(pid)
-    gen = generator(cfg, pid, int(config.get("server-round", 0)), 0 if config.get("phase") == P.PHASE_ENCODER else 1)
+    rnd = int(config.get("server-round", 0))  # type: ignore[arg-type]
+    model: torch.nn.Module
     if config.get("phase") == P.PHASE_ENCODER:
-        model = P.load_arrays(build_autoencoder(cfg, plan.dataset), msg.content[P.ARRAYS])
-        loss = train_autoencoder(model, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
+        ae = P.load_arrays(build_autoencoder(cfg, plan.dataset), P.arrays(msg.content))
+        gen = generator(cfg, pid, rnd, 0)
+        loss = train_autoencoder(ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
+        model = ae
     else:
-        model = P.load_arrays(build_classifier(cfg, plan.dataset), msg.content[P.ARRAYS])
+        model = P.load_arrays(build_classifier(cfg, plan.dataset), P.arrays(msg.content))
         inputs = encode(_encoder(context, cfg, plan), x) if cfg.is_latent else x
+        gen = generator(cfg, pid, rnd, 1)
         loss = train_classifier(
             model, inputs, y, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen
         )
@@ -71,7 +74,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_(msg: Message, context: Context) -> Message:
     """Test accuracy of the received classifier through this client's own encoder."""
     cfg, plan, pid = _setup(context)
-    model = P.load_arrays(build_classifier(cfg, plan.dataset), msg.content[P.ARRAYS])
+    model = P.load_arrays(build_classifier(cfg, plan.dataset), P.arrays(msg.content))
     x, y = plan.test()
     inputs = encode(_encoder(context, cfg, plan), x) if cfg.is_latent else x
     loss, acc = evaluate(model, inputs, y)
@@ -82,7 +85,7 @@ def evaluate_(msg: Message, context: Context) -> Message:
 def set_encoder(msg: Message, context: Context) -> Message:
     """Check and keep the frozen encoder the server distributes."""
     cfg, plan, pid = _setup(context)
-    record = msg.content[P.ARRAYS]
+    record = P.arrays(msg.content)
     encoder = Encoder(image_shape=plan.dataset.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
     P.load_arrays(encoder, record)
     context.state[ENCODER_STATE] = record
@@ -95,7 +98,9 @@ def local_encoder(msg: Message, context: Context) -> Message:
     cfg, plan, pid = _setup(context)
     x, _ = plan.client(pid)
     ae = build_autoencoder(cfg, plan.dataset)
-    loss = train_autoencoder(ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg, pid, 0, 2))
+    loss = train_autoencoder(
+        ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg, pid, 0, 2)
+    )
     context.state[ENCODER_STATE] = P.module_to_arrays(ae.encoder)  # the decoder is dropped here
     return P.reply(msg, metrics={"num-examples": len(x), "recon-loss": loss, "partition-id": pid})
 

@@ -8,8 +8,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("mode", "encoder", "dataset", "accuracy", "epsilon", "end_to_end_dp", "bytes_uploaded",
-           "bytes_downloaded", "wall_seconds")
+COLUMNS = (
+    "mode",
+    "encoder",
+    "dataset",
+    "accuracy",
+    "epsilon",
+    "end_to_end_dp",
+    "bytes_uploaded",
+    "bytes_downloaded",
+    "wall_seconds",
+)
 
 
 def rows_of(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -40,8 +49,14 @@ def summarize(results: Sequence[dict[str, Any]], out: Path) -> list[dict[str, An
     for r in rows:
         eps = "∞ (no DP)" if r["epsilon"] is None else f"{r['epsilon']:.3f}"
         table.add_row(
-            r["mode"], r["encoder"] or "-", f"{r['accuracy']:.4f}", eps, str(r["end_to_end_dp"]).lower(),
-            _mb(r["bytes_uploaded"]), _mb(r["bytes_downloaded"]), f"{r['wall_seconds']:.1f}",
+            r["mode"],
+            r["encoder"] or "-",
+            f"{r['accuracy']:.4f}",
+            eps,
+            str(r["end_to_end_dp"]).lower(),
+            _mb(r["bytes_uploaded"]),
+            _mb(r["bytes_downloaded"]),
+            f"{r['wall_seconds']:.1f}",
         )
     Console().print(table)
     _plot(rows, out / "compare.png")

@@ -54,8 +54,10 @@ class Dataset:
         # Cheap structural checks only, so a malformed Dataset cannot travel far.
         for x, y in ((self.x_train, self.y_train), (self.x_test, self.y_test)):
             if (x.dtype, x.ndim, y.dtype, y.shape) != (np.float32, 4, np.int64, x.shape[:1]):
-                raise DataError(f"{self.name}: need float32 (n, C, H, W) images and int64 (n,) "
-                                f"labels, got {x.dtype} {x.shape} and {y.dtype} {y.shape}")
+                raise DataError(
+                    f"{self.name}: need float32 (n, C, H, W) images and int64 (n,) "
+                    f"labels, got {x.dtype} {x.shape} and {y.dtype} {y.shape}"
+                )
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise DataError(f"{self.name}: train and test image shapes differ")
 
@@ -119,8 +121,7 @@ def find_idx_files(name: str, data_dir: str | None) -> dict[str, Path]:
         raise DataError(f"dataset {name!r} has no IDX files; only 'fashion-mnist' and 'mnist' do")
     if data_dir is None:
         if name == "mnist":
-            raise DataError("mnist has no default location: pass a data dir with its IDX "
-                            "files, or download=True")
+            raise DataError("mnist has no default location: pass a data dir with its IDX files, or download=True")
         data_dir = FASHION_MNIST_DEBIAN_DIR
     root = Path(data_dir).expanduser()
     dirs = (root, root / ("FashionMNIST" if name == "fashion-mnist" else "MNIST") / "raw")
@@ -136,13 +137,16 @@ def find_idx_files(name: str, data_dir: str | None) -> dict[str, Path]:
             found[role] = hit
     if missing:
         looked = " and ".join(str(d) for d in dirs)
-        raise DataError(f"{name}: missing IDX file(s) {', '.join(missing)} (or .gz) in {looked}; "
-                        "pass a data dir holding them, or download=True")
+        raise DataError(
+            f"{name}: missing IDX file(s) {', '.join(missing)} (or .gz) in {looked}; "
+            "pass a data dir holding them, or download=True"
+        )
     return found
 
 
-def load_dataset(name: str, *, data_dir: str | None = None, download: bool = False,
-                 max_train: int = 0, max_test: int = 0) -> Dataset:
+def load_dataset(
+    name: str, *, data_dir: str | None = None, download: bool = False, max_train: int = 0, max_test: int = 0
+) -> Dataset:
     """Load a dataset as float32 images in [0, 1], shape (n, 1, H, W), and int64 labels.
 
     Parameters
@@ -167,8 +171,7 @@ def load_dataset(name: str, *, data_dir: str | None = None, download: bool = Fal
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if max_train < 0 or max_test < 0:
         raise DataError(f"max_train and max_test must be >= 0, got {max_train} and {max_test}")
-    x_tr, y_tr, x_te, y_te, scale = (_raw_digits() if name == "digits"
-                                     else _raw_idx(name, data_dir, download))
+    x_tr, y_tr, x_te, y_te, scale = _raw_digits() if name == "digits" else _raw_idx(name, data_dir, download)
     out: list[np.ndarray] = []
     for x, y, cap in ((x_tr, y_tr, max_train), (x_te, y_te, max_test)):
         if 0 < cap < len(y):  # subset before the float conversion to save memory
@@ -178,8 +181,7 @@ def load_dataset(name: str, *, data_dir: str | None = None, download: bool = Fal
     return Dataset(name, out[0], out[1], out[2], out[3], num_classes=10)
 
 
-def public_private_split(labels: np.ndarray, *, public_fraction: float,
-                         seed: int) -> tuple[np.ndarray, np.ndarray]:
+def public_private_split(labels: np.ndarray, *, public_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices 0..len(labels)-1 into stratified (public, private) index sets.
 
     ``round(public_fraction * n)`` records (at most n - 1) go public, each class in proportion.
@@ -195,14 +197,16 @@ def public_private_split(labels: np.ndarray, *, public_fraction: float,
         raise DataError(f"public_fraction must be in [0, 1), got {public_fraction}")
     n = len(labels)
     n_public = min(round(public_fraction * n), max(n - 1, 0))
-    public = (_stratified_take(labels, n_public, np.random.default_rng(seed))
-              if n_public else np.empty(0, dtype=np.int64))
+    public = (
+        _stratified_take(labels, n_public, np.random.default_rng(seed)) if n_public else np.empty(0, dtype=np.int64)
+    )
     private = np.setdiff1d(np.arange(n, dtype=np.int64), public, assume_unique=True)
     return public, private
 
 
-def partition(labels: np.ndarray, indices: np.ndarray, *, num_clients: int, scheme: str,
-              alpha: float = 0.5, seed: int = 0) -> list[np.ndarray]:
+def partition(
+    labels: np.ndarray, indices: np.ndarray, *, num_clients: int, scheme: str, alpha: float = 0.5, seed: int = 0
+) -> list[np.ndarray]:
     """Partition ``indices`` (into ``labels``) over ``num_clients`` clients.
 
     Schemes: "iid" (random, near-equal sizes); "dirichlet" (per class, proportions drawn
@@ -272,8 +276,9 @@ def _raw_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float
     return x[train], y[train], x[test], y[test], 16.0
 
 
-def _raw_idx(name: str, data_dir: str | None,
-             download: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+def _raw_idx(
+    name: str, data_dir: str | None, download: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     if download:
         root = Path(data_dir or Path.home() / ".cache" / "fedlatent").expanduser()
         try:  # already downloaded: no network needed
@@ -285,8 +290,10 @@ def _raw_idx(name: str, data_dir: str | None,
                 cls = tvd.FashionMNIST if name == "fashion-mnist" else tvd.MNIST
                 cls(root=str(root), train=True, download=True)  # fetches all four files
             except Exception as exc:  # no network: URLError, OSError or RuntimeError
-                raise DataError(f"could not download {name} into {root} ({exc}); check the "
-                                "network, or pass a data dir holding the IDX files") from exc
+                raise DataError(
+                    f"could not download {name} into {root} ({exc}); check the "
+                    "network, or pass a data dir holding the IDX files"
+                ) from exc
             files = find_idx_files(name, str(root))
     else:
         files = find_idx_files(name, data_dir)
@@ -295,21 +302,17 @@ def _raw_idx(name: str, data_dir: str | None,
         img_file, lab_file = files[f"{split}-images"], files[f"{split}-labels"]
         images, labels = arrays[f"{split}-images"], arrays[f"{split}-labels"]
         if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) == 0:
-            raise DataError(f"{img_file}: expected a non-empty stack of 28x28 images, "
-                            f"got shape {images.shape}")
+            raise DataError(f"{img_file}: expected a non-empty stack of 28x28 images, got shape {images.shape}")
         if labels.ndim != 1:
             raise DataError(f"{lab_file}: expected 1-D labels, got shape {labels.shape}")
         if len(images) != len(labels):
-            raise DataError(f"{img_file} has {len(images)} images but {lab_file} has "
-                            f"{len(labels)} labels")
+            raise DataError(f"{img_file} has {len(images)} images but {lab_file} has {len(labels)} labels")
         if labels.max() > 9:
             raise DataError(f"{lab_file}: label {labels.max()} outside 0..9")
-    return (arrays["train-images"], arrays["train-labels"],
-            arrays["test-images"], arrays["test-labels"], 255.0)
+    return (arrays["train-images"], arrays["train-labels"], arrays["test-images"], arrays["test-labels"], 255.0)
 
 
-def _dirichlet(lab: np.ndarray, idx: np.ndarray, k: int, alpha: float,
-               rng: np.random.Generator) -> list[np.ndarray]:
+def _dirichlet(lab: np.ndarray, idx: np.ndarray, k: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
     n = len(idx)
     min_size = min(10, n // k)
     # Shuffle each class once; a retry only needs fresh proportions to change the partition.
@@ -329,12 +332,13 @@ def _dirichlet(lab: np.ndarray, idx: np.ndarray, k: int, alpha: float,
                 sizes[client] += len(chunk)
         if sizes.min() >= min_size:
             return [np.concatenate(p) for p in parts]
-    raise DataError(f"dirichlet(alpha={alpha}): no draw in {_DIRICHLET_TRIES} tries gave all "
-                    f"{k} clients >= {min_size} of {n} records; use fewer clients or larger alpha")
+    raise DataError(
+        f"dirichlet(alpha={alpha}): no draw in {_DIRICHLET_TRIES} tries gave all "
+        f"{k} clients >= {min_size} of {n} records; use fewer clients or larger alpha"
+    )
 
 
-def _shards(lab: np.ndarray, idx: np.ndarray, k: int,
-            rng: np.random.Generator) -> list[np.ndarray]:
+def _shards(lab: np.ndarray, idx: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarray]:
     n, n_shards = len(idx), 2 * k
     if n < n_shards:
         raise DataError(f"shards: {n} records cannot fill 2 * {k} = {n_shards} shards")

@@ -25,7 +25,7 @@ MLP_AE_HIDDEN = (700, 500, 300)
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
     """Linear layers with ReLU between them and none after the last."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TypeVar
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
 
 ARRAYS, CONFIG, METRICS, LATENTS = "arrays", "config", "metrics", "latents"
 
@@ -75,7 +77,7 @@ def shapes_of(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def load_arrays(module: nn.Module, record: ArrayRecord) -> nn.Module:
+def load_arrays(module: M, record: ArrayRecord) -> M:
     """Check ``record`` against ``module`` and load it in place; return the module."""
     check_arrays(record, shapes_of(module))
     module.load_state_dict(record.to_torch_state_dict())
@@ -132,7 +134,9 @@ def payload_bytes(content: RecordDict) -> int:
     return sum(record.count_bytes() for record in content.array_records.values())
 
 
-def reply(message: Message, *, metrics: Mapping[str, float | int], arrays: Mapping[str, ArrayRecord] | None = None) -> Message:
+def reply(
+    message: Message, *, metrics: Mapping[str, float | int], arrays: Mapping[str, ArrayRecord] | None = None
+) -> Message:
     """A client's reply: named ArrayRecords plus the ``metrics`` MetricRecord."""
     content = RecordDict({METRICS: MetricRecord(dict(metrics))})
     for key, record in (arrays or {}).items():
@@ -145,6 +149,16 @@ def config_of(message: Message) -> ConfigRecord:
     return message.content.config_records.get(CONFIG, ConfigRecord())
 
 
-def tensor(record: ArrayRecord, key: str) -> torch.Tensor:
-    """One array of a record as a torch tensor."""
-    return torch.from_numpy(record[key].numpy().copy())
+def arrays(content: RecordDict, key: str = ARRAYS) -> ArrayRecord:
+    """The ArrayRecord ``key`` of a message body, or a PayloadError naming it."""
+    if key not in content.array_records:
+        raise PayloadError(f"message has no ArrayRecord '{key}'")
+    return content.array_records[key]
+
+
+def metric(content: RecordDict, key: str) -> float:
+    """A finite number from the body's ``metrics`` record, or a PayloadError naming it."""
+    value = content.metric_records.get(METRICS, MetricRecord()).get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise PayloadError(f"metrics['{key}'] must be a finite number, got {value!r}")
+    return float(value)

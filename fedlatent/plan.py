@@ -74,5 +74,6 @@ def build_classifier(cfg: RunConfig, ds: Dataset) -> nn.Module:
 
 def generator(cfg: RunConfig, *parts: int) -> torch.Generator:
     """A torch generator seeded by the run seed and a tuple like (partition, round)."""
-    seed = int(np.random.SeedSequence([cfg.seed, *parts]).generate_state(1)[0])
+    # len(parts) is mixed in: SeedSequence ignores trailing zeros, so (0, 1, 0) would equal (0, 1).
+    seed = int(np.random.SeedSequence([cfg.seed, len(parts), *parts]).generate_state(1)[0])
     return torch.Generator().manual_seed(seed)

@@ -135,7 +135,7 @@ def plot_history(path: Path, history: list[dict[str, Any]], *, title: str) -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(*zip(*points), marker="o")
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
     ax.set_xlabel("round (latent-share: server epoch)")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)

@@ -94,17 +94,25 @@ def encoder_phase(
     ae = build_autoencoder(cfg, ds)
     if cfg.encoder == "public":
         x, _ = plan.public()
-        loss = train_autoencoder(ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg, 0))
+        loss = train_autoencoder(
+            ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg, 0)
+        )
         log.info("public autoencoder trained on %d records, reconstruction loss %.4f", len(x), loss)
     else:
         strategy = RecordingFedAvg(
-            phase=P.PHASE_ENCODER, shapes=P.shapes_of(ae), view=view, traffic=traffic, num_clients=cfg.num_clients,
+            phase=P.PHASE_ENCODER,
+            shapes=P.shapes_of(ae),
+            view=view,
+            traffic=traffic,
+            num_clients=cfg.num_clients,
             fraction_train=cfg.fraction_train,
         )
         result = strategy.start(grid=grid, initial_arrays=P.module_to_arrays(ae), num_rounds=cfg.encoder_rounds)
         P.load_arrays(ae, result.arrays)
     encoder_arrays = P.module_to_arrays(ae.encoder)  # the decoder is discarded here
-    view.encoder(encoder_arrays, arch={"image_shape": list(ds.image_shape), "latent_dim": cfg.latent_dim, "arch": cfg.ae_arch})
+    view.encoder(
+        encoder_arrays, arch={"image_shape": list(ds.image_shape), "latent_dim": cfg.latent_dim, "arch": cfg.ae_arch}
+    )
     replies = broadcast(grid, nodes, P.Q_SET_ENCODER, RecordDict({P.ARRAYS: encoder_arrays}), traffic)
     for m in replies:
         accept(m, phase="set-encoder", rnd=0, view=view, traffic=traffic)
@@ -112,7 +120,12 @@ def encoder_phase(
 
 
 def fedavg_phase(
-    grid: Grid, cfg: RunConfig, plan: DataPlan, view: ServerView, traffic: Traffic, encoder: Encoder | None,
+    grid: Grid,
+    cfg: RunConfig,
+    plan: DataPlan,
+    view: ServerView,
+    traffic: Traffic,
+    encoder: Encoder | None,
     record: RunRecord,
 ) -> torch.nn.Module:
     """FedAvg of the classifier; history from central or federated evaluation."""
@@ -128,22 +141,37 @@ def fedavg_phase(
         return MetricRecord({"accuracy": acc})
 
     strategy = RecordingFedAvg(
-        phase=P.PHASE_CLASSIFIER, shapes=P.shapes_of(model), view=view, traffic=traffic, num_clients=cfg.num_clients,
-        fraction_train=cfg.fraction_train, federated_evaluation=not central,
+        phase=P.PHASE_CLASSIFIER,
+        shapes=P.shapes_of(model),
+        view=view,
+        traffic=traffic,
+        num_clients=cfg.num_clients,
+        fraction_train=cfg.fraction_train,
+        federated_evaluation=not central,
     )
     result = strategy.start(
-        grid=grid, initial_arrays=P.module_to_arrays(model), num_rounds=cfg.rounds,
+        grid=grid,
+        initial_arrays=P.module_to_arrays(model),
+        num_rounds=cfg.rounds,
         evaluate_fn=evaluate_fn if central else None,
     )
     if not central:
         for rnd, accs in sorted(strategy.client_eval.rounds.items()):
-            record.history.append({"round": rnd, "accuracy": float(np.mean(list(accs.values()))), "client_accuracy": accs})
+            record.history.append(
+                {"round": rnd, "accuracy": float(np.mean(list(accs.values()))), "client_accuracy": accs}
+            )
     return P.load_arrays(model, result.arrays)
 
 
 def share_phase(
-    grid: Grid, nodes: list[int], cfg: RunConfig, plan: DataPlan, view: ServerView, traffic: Traffic,
-    encoder: Encoder | None, record: RunRecord,
+    grid: Grid,
+    nodes: list[int],
+    cfg: RunConfig,
+    plan: DataPlan,
+    view: ServerView,
+    traffic: Traffic,
+    encoder: Encoder | None,
+    record: RunRecord,
 ) -> torch.nn.Module:
     """Collect every client's latents once, then train the classifier on the pool."""
     ds = plan.dataset
@@ -154,7 +182,9 @@ def share_phase(
         if pid is None:
             continue
         try:
-            z, y = P.unpack_latents(msg.content[P.LATENTS], latent_dim=cfg.latent_dim, num_classes=ds.num_classes)
+            z, y = P.unpack_latents(
+                P.arrays(msg.content, P.LATENTS), latent_dim=cfg.latent_dim, num_classes=ds.num_classes
+            )
         except (P.PayloadError, KeyError) as err:
             log.warning("rejected latents of partition %s: %s", pid, err)
             view.rejected("share-latents", 0, msg.metadata.src_node_id, str(err))
@@ -193,7 +223,7 @@ def federated_evaluation(
     for msg in replies:
         pid = accept(msg, phase="evaluate", rnd=rnd, view=view, traffic=traffic)
         if pid is not None:
-            accs[pid] = float(msg.content[P.METRICS]["accuracy"])
+            accs[pid] = P.metric(msg.content, "accuracy")
     if not accs:
         raise RuntimeError("no client returned an evaluation")
     return accs

@@ -46,7 +46,7 @@ class ServerView:
     def _save(self, rel: str, arrays: Mapping[str, np.ndarray]) -> None:
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **arrays)
+        np.savez(path, **dict(arrays))  # type: ignore[arg-type]
         self.manifest["files"].append(rel)
 
     def public_index(self, idx: np.ndarray) -> None:

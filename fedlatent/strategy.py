@@ -52,9 +52,9 @@ def accept(msg: Message, *, phase: str, rnd: int, view: ServerView, traffic: Tra
         traffic.up += P.payload_bytes(msg.content)
         try:
             P.num_examples(msg.content)
-            metrics = dict(msg.content[P.METRICS])
-            view.metrics(phase, rnd, node, metrics)
-            return int(metrics.get("partition-id", -1))
+            pid = int(P.metric(msg.content, "partition-id"))
+            view.metrics(phase, rnd, node, dict(msg.content.metric_records[P.METRICS]))
+            return pid
         except (P.PayloadError, KeyError, TypeError, ValueError) as err:
             reason = str(err)
     log.warning("rejected %s reply from node %s in round %s: %s", phase, node, rnd, reason)
@@ -104,12 +104,12 @@ class RecordingFedAvg(FedAvg):
             if pid is None:
                 continue
             try:
-                P.check_arrays(msg.content[P.ARRAYS], self.shapes)
+                P.check_arrays(P.arrays(msg.content), self.shapes)
             except (P.PayloadError, KeyError, TypeError) as err:
                 log.warning("rejected %s update of partition %s: %s", self.phase, pid, err)
                 self.view.rejected(self.phase, server_round, msg.metadata.src_node_id, str(err))
                 continue
-            self.view.received(self.phase, server_round, pid, msg.content[P.ARRAYS])
+            self.view.received(self.phase, server_round, pid, P.arrays(msg.content))
             accepted.append(msg)
         if not accepted:
             log.warning("round %s of %s: no valid update; the global model is kept", server_round, self.phase)
@@ -127,7 +127,13 @@ class RecordingFedAvg(FedAvg):
         accepted = []
         for msg in replies:
             pid = accept(msg, phase="evaluate", rnd=server_round, view=self.view, traffic=self.traffic)
-            if pid is not None and "accuracy" in msg.content[P.METRICS]:
-                self.client_eval.rounds.setdefault(server_round, {})[pid] = float(msg.content[P.METRICS]["accuracy"])
-                accepted.append(msg)
+            if pid is None:
+                continue
+            try:
+                self.client_eval.rounds.setdefault(server_round, {})[pid] = P.metric(msg.content, "accuracy")
+            except P.PayloadError as err:
+                log.warning("rejected evaluation of partition %s: %s", pid, err)
+                self.view.rejected("evaluate", server_round, msg.metadata.src_node_id, str(err))
+                continue
+            accepted.append(msg)
         return super().aggregate_evaluate(server_round, accepted) if accepted else None

@@ -44,8 +44,9 @@ def write_idx(path: Path, arr: np.ndarray) -> Path:
     return path
 
 
-def write_fake_mnist(folder: Path, n_train: int = 50, n_test: int = 20, gz: bool = False,
-                     seed: int = 0) -> dict[str, Path]:
+def write_fake_mnist(
+    folder: Path, n_train: int = 50, n_test: int = 20, gz: bool = False, seed: int = 0
+) -> dict[str, Path]:
     """A tiny MNIST-format dataset: random 28x28 images, labels cycling through 0..9."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -75,8 +76,7 @@ def check_partition(parts: list[np.ndarray], indices: np.ndarray, num_clients: i
 def mean_tv(labels: np.ndarray, parts: list[np.ndarray], classes: int = 10) -> float:
     """Mean total-variation distance of client label distributions from the global one."""
     glob = np.bincount(labels, minlength=classes) / len(labels)
-    tvs = [0.5 * np.abs(np.bincount(labels[p], minlength=classes) / len(p) - glob).sum()
-           for p in parts]
+    tvs = [0.5 * np.abs(np.bincount(labels[p], minlength=classes) / len(p) - glob).sum() for p in parts]
     return float(np.mean(tvs))
 
 
@@ -96,7 +96,8 @@ def test_digits_loads() -> None:
         assert set(np.unique(y)) == set(range(10))
     # stratified: every class's test share is close to 20%
     share = np.bincount(ds.y_test, minlength=10) / (
-        np.bincount(ds.y_test, minlength=10) + np.bincount(ds.y_train, minlength=10))
+        np.bincount(ds.y_test, minlength=10) + np.bincount(ds.y_train, minlength=10)
+    )
     assert np.all(np.abs(share - 0.2) < 0.01)
 
 
@@ -153,8 +154,7 @@ def _raises_naming(path: Path) -> None:
 @pytest.mark.parametrize("ext", ["", ".gz"])
 def test_read_idx_truncated_and_overlong(tmp_path: Path, ext: str) -> None:
     data = idx_bytes(np.ones((5, 28, 28), np.uint8))
-    for name, payload in (("trunc", data[:-10]), ("long", data + b"\x00"),
-                          ("header", data[:9])):
+    for name, payload in (("trunc", data[:-10]), ("long", data + b"\x00"), ("header", data[:9])):
         path = tmp_path / f"{name}-idx3-ubyte{ext}"
         path.write_bytes(gzip.compress(payload) if ext else payload)
         _raises_naming(path)
@@ -162,8 +162,12 @@ def test_read_idx_truncated_and_overlong(tmp_path: Path, ext: str) -> None:
 
 def test_read_idx_bad_magic_and_dtype(tmp_path: Path) -> None:
     good = idx_bytes(np.ones(4, np.uint8))
-    cases = {"magic": b"\x01" + good[1:], "dtype": good[:2] + b"\x0d" + good[3:],
-             "ndim0": good[:3] + b"\x00", "empty": b""}
+    cases = {
+        "magic": b"\x01" + good[1:],
+        "dtype": good[:2] + b"\x0d" + good[3:],
+        "ndim0": good[:3] + b"\x00",
+        "empty": b"",
+    }
     for name, payload in cases.items():
         path = tmp_path / name
         path.write_bytes(payload)
@@ -174,8 +178,12 @@ def test_read_idx_corrupt_gzip(tmp_path: Path) -> None:
     data = gzip.compress(idx_bytes(np.random.default_rng(2).integers(0, 256, (20, 28, 28))))
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0xFF
-    cases = {"cut.gz": data[: len(data) // 2], "flip.gz": bytes(flipped),
-             "garbage.gz": b"this is not gzip at all", "crc.gz": data[:-8] + b"\0" * 8}
+    cases = {
+        "cut.gz": data[: len(data) // 2],
+        "flip.gz": bytes(flipped),
+        "garbage.gz": b"this is not gzip at all",
+        "crc.gz": data[:-8] + b"\0" * 8,
+    }
     for name, payload in cases.items():
         path = tmp_path / name
         path.write_bytes(payload)
@@ -275,8 +283,9 @@ def test_load_bad_args(tmp_path: Path) -> None:
     assert DATASETS == ("digits", "fashion-mnist", "mnist")
 
 
-@pytest.mark.skipif(not Path(FASHION_MNIST_DEBIAN_DIR).is_dir(),
-                    reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not Path(FASHION_MNIST_DEBIAN_DIR).is_dir(), reason="Debian package dataset-fashion-mnist not installed"
+)
 def test_load_fashion_mnist_debian() -> None:
     ds = load_dataset("fashion-mnist", max_train=2000)
     assert ds.image_shape == (1, 28, 28) and ds.num_classes == 10
@@ -342,8 +351,7 @@ def test_partition_iid_sizes() -> None:
 def test_dirichlet_skew_and_min_size() -> None:
     labels, indices = balanced_labels(), np.arange(2000)
     tv = {}
-    for key, scheme, alpha in (("iid", "iid", 0.5), ("a0.1", "dirichlet", 0.1),
-                               ("a100", "dirichlet", 100.0)):
+    for key, scheme, alpha in (("iid", "iid", 0.5), ("a0.1", "dirichlet", 0.1), ("a100", "dirichlet", 100.0)):
         parts = partition(labels, indices, num_clients=10, scheme=scheme, alpha=alpha, seed=0)
         check_partition(parts, indices, 10)
         assert min(len(p) for p in parts) >= 10
@@ -364,28 +372,31 @@ def test_shards_few_labels_per_client() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(num_clients=st.integers(1, 20), seed=st.integers(0, 2**32 - 1),
-       scheme=st.sampled_from(PARTITIONS), extra=st.integers(0, 300),
-       classes=st.integers(1, 10), alpha=st.floats(5.0, 100.0))
-def test_partition_property(num_clients: int, seed: int, scheme: str, extra: int,
-                            classes: int, alpha: float) -> None:
+@given(
+    num_clients=st.integers(1, 20),
+    seed=st.integers(0, 2**32 - 1),
+    scheme=st.sampled_from(PARTITIONS),
+    extra=st.integers(0, 300),
+    classes=st.integers(1, 10),
+    alpha=st.floats(5.0, 100.0),
+)
+def test_partition_property(num_clients: int, seed: int, scheme: str, extra: int, classes: int, alpha: float) -> None:
     # 50 records per client and alpha >= 5 make a min-size-10 Dirichlet draw likely per try.
     n = 50 * num_clients + extra
     labels = np.random.default_rng(seed).integers(0, classes, n + 17)
     indices = np.random.default_rng(seed + 1).choice(n + 17, n, replace=False)
-    parts = partition(labels, indices, num_clients=num_clients, scheme=scheme,
-                      alpha=alpha, seed=seed)
+    parts = partition(labels, indices, num_clients=num_clients, scheme=scheme, alpha=alpha, seed=seed)
     check_partition(parts, indices, num_clients)
 
 
 @settings(max_examples=40, deadline=None)
-@given(num_clients=st.integers(1, 12), seed=st.integers(0, 2**32 - 1),
-       n=st.integers(1, 150), alpha=st.floats(0.01, 100.0))
+@given(
+    num_clients=st.integers(1, 12), seed=st.integers(0, 2**32 - 1), n=st.integers(1, 150), alpha=st.floats(0.01, 100.0)
+)
 def test_dirichlet_valid_or_dataerror(num_clients: int, seed: int, n: int, alpha: float) -> None:
     labels = np.random.default_rng(seed).integers(0, 10, n)
     try:
-        parts = partition(labels, np.arange(n), num_clients=num_clients, scheme="dirichlet",
-                          alpha=alpha, seed=seed)
+        parts = partition(labels, np.arange(n), num_clients=num_clients, scheme="dirichlet", alpha=alpha, seed=seed)
     except DataError:
         return  # too few records or no acceptable draw: a clean refusal is allowed
     check_partition(parts, np.arange(n), num_clients)
@@ -405,8 +416,7 @@ def test_partition_bad_args() -> None:
     for kwargs in bad_kwargs:
         with pytest.raises(DataError):
             partition(labels, idx, **kwargs)  # type: ignore[arg-type]
-    for bad_idx in (np.array([0, 1, 1, 2]), np.array([0, 30]), np.array([-1, 2]),
-                    np.array([0.0, 1.0])):
+    for bad_idx in (np.array([0, 1, 1, 2]), np.array([0, 30]), np.array([-1, 2]), np.array([0.0, 1.0])):
         with pytest.raises(DataError):
             partition(labels, bad_idx, num_clients=1, scheme="iid")
     with pytest.raises(DataError):  # one class, 3 clients, tiny alpha: no acceptable draw

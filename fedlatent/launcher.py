@@ -1,0 +1,410 @@
+"""Run a Flower app as a real simulation, through ``flwr run``, on a private SuperLink.
+
+fedlatent's CLI and integration tests run the Flower app as a user would, with ``flwr run``
+(Flower 1.42; the deprecated ``run_simulation`` is not used). This module makes that robust:
+
+* ``flwr run`` on the ``:local:`` address starts a *detached* SuperLink on fixed ports that
+  outlives the command. :class:`LocalSuperLink` starts its own ``flower-superlink
+  --simulation`` on a free loopback port instead, as a child it owns, and on exit ends it with
+  everything it spawned (SuperExec, ``flwr-simulation``, Ray).
+* Flower would build a per-run environment with ``uv sync`` (slow, needs the network); that
+  is disabled, so the apps run in this interpreter with its packages.
+* ``flwr run --stream`` exits 0 even when the ServerApp raises, so the outcome is read with
+  ``flwr list --format json``; anything but ``finished:completed`` raises FederationError.
+
+ServerApp and ClientApps run in the SuperLink's working directory (the caller's unless
+``workdir`` is given) and import the app from the FAB copy that Flower installs under
+``$FLWR_HOME/apps``, which precedes site-packages on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+ConfigValue = str | int | float | bool
+
+CONNECTION = "fedlatent"  # the connection written to $FLWR_HOME/config.toml
+COMPLETED = "finished:completed"
+_HOST = "127.0.0.1"
+_RUN_ID = re.compile(r"Successfully started run (\d+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Flower colours its log lines even when piped
+_KEY = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")  # TOML bare key, dotted allowed
+_TAIL = 40  # lines of each log quoted in a FederationError
+
+
+class FederationError(RuntimeError):
+    """A federation could not start, did not complete, or timed out (message has log tails)."""
+
+
+@dataclass(frozen=True)
+class FederationResult:
+    """A run that finished with status ``finished:completed``."""
+
+    run_id: int
+    status: str
+    log: str  # captured ``flwr run --stream`` output, without ANSI colours
+    seconds: float
+
+
+def format_run_config(values: Mapping[str, ConfigValue]) -> str:
+    """Format run-config overrides as the ``--run-config`` argument of ``flwr run``.
+
+    Parameters
+    ----------
+    values : Mapping[str, str | int | float | bool]
+        Overrides; keys are TOML bare keys (dots allowed for nested tables).
+
+    Returns
+    -------
+    str
+        Space-separated ``key=value`` pairs with TOML values: strings quoted and escaped,
+        booleans lowercase, floats by ``repr`` (``inf``, ``-inf``, ``nan`` as TOML has them).
+
+    Raises
+    ------
+    ValueError
+        For a key that is not a bare key, or an integer beyond 64 bits.
+    TypeError
+        For a value of any other type.
+    """
+    pairs = []
+    for key, value in values.items():
+        if not _KEY.fullmatch(key):
+            raise ValueError(f"run-config key {key!r} is not a TOML bare key")
+        pairs.append(f"{key}={_toml_value(value)}")
+    return " ".join(pairs)
+
+
+def _toml_value(value: ConfigValue) -> str:
+    if isinstance(value, bool):  # before int: bool is an int
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"integer {value} does not fit in 64 bits")
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return repr(value)  # shortest exact form, always a valid TOML float
+    if isinstance(value, str):
+        # Flower splits the overrides with a regex that ends a quoted value at the next '"',
+        # escaped or not, so '"' is written as \u0022, like the control characters.
+        escapes = {c: f"\\u{c:04x}" for c in (*range(0x20), 0x22, 0x7F)} | {0x5C: "\\\\"}
+        return f'"{value.translate(escapes)}"'
+    raise TypeError(f"run-config value {value!r} is not a str, int, float or bool")
+
+
+def _flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment of every Flower process: isolated, offline, loopback only."""
+    env = dict(os.environ)
+    # Flower starts its helpers (flower-superexec, flwr-simulation) from PATH: use ours.
+    env["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), env.get("PATH", "")])
+    env["FLWR_HOME"] = str(flwr_home)
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"  # no `uv sync` per run
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"  # no network
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["RAY_ADDRESS"] = "local"  # a private Ray, never a cluster left by `ray start`
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray then uses 127.0.0.1 as node IP
+    no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), _HOST]))
+    env["NO_PROXY"] = env["no_proxy"] = no_proxy  # the CLI's HTTP client must not use a proxy
+    return env
+
+
+def _tool(name: str, env: Mapping[str, str]) -> str:
+    if (path := shutil.which(name, path=env["PATH"])) is None:
+        raise FederationError(f"`{name}` not found; is flwr[simulation] installed?")
+    return path
+
+
+def _tail(text: str, skip: str = "\0") -> str:
+    return "\n".join([line for line in _ANSI.sub("", text).splitlines() if skip not in line][-_TAIL:])
+
+
+def _process_table() -> list[tuple[int, int, int, str]]:
+    """Return ``(pid, parent pid, session id, state)`` of every process, from ``ps``."""
+    columns = ["-o", "pid=", "-o", "ppid=", "-o", "sess=", "-o", "stat="]
+    out = subprocess.run(["ps", "-A", *columns], capture_output=True, text=True, check=True).stdout
+    return [(int(f[0]), int(f[1]), int(f[2]), f[3]) for f in map(str.split, out.splitlines()) if len(f) >= 4]
+
+
+def _tree_sessions(root: int) -> set[int]:
+    """Sessions of ``root`` and its descendants (a child that called setsid leads its own)."""
+    table = _process_table()
+    tree, grown = {root}, True
+    while grown:  # add children of the tree until none is new
+        size = len(tree)
+        tree |= {pid for pid, ppid, _, _ in table if ppid in tree}
+        grown = len(tree) > size
+    return {root} | {sid for pid, _, sid, _ in table if pid in tree}
+
+
+def _live_members(sessions: set[int]) -> list[int]:
+    """Processes of ``sessions`` that are not zombies (those only await reaping)."""
+    return [pid for pid, _, sid, state in _process_table() if sid in sessions and not state.startswith("Z")]
+
+
+class LocalSuperLink:
+    """A private ``flower-superlink --simulation`` on a free loopback port (a context manager).
+
+    Parameters
+    ----------
+    flwr_home : Path
+        Directory of ``config.toml`` (rewritten on entry), the database ``state.db``, the
+        log ``superlink.log`` and the installed apps; best dedicated to this use.
+    startup_timeout : float
+        Seconds to wait for the SuperLink's health check to pass.
+    workdir : Path | None
+        Working directory of the SuperLink, hence of ServerApp and ClientApps (default: the
+        caller's), against which the apps resolve relative paths.
+    """
+
+    def __init__(self, *, flwr_home: Path, startup_timeout: float = 60.0, workdir: Path | None = None) -> None:
+        self.flwr_home = Path(flwr_home).resolve()
+        self.startup_timeout = startup_timeout
+        self.workdir = Path(workdir or Path.cwd()).resolve()
+        self.log_file = self.flwr_home / "superlink.log"
+        self.env = _flower_env(self.flwr_home)
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        # Sessions we own: the SuperLink's and SuperExec's, which Flower detaches with setsid
+        # (flwr-simulation and Ray run there), so a process group would miss them. They are
+        # recorded while the tree is intact: orphans lose their parent links.
+        self._sessions: set[int] = set()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the SuperLink's HTTP API."""
+        return f"{_HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running SuperLink (it leads its own session), else None."""
+        return None if self._proc is None else self._proc.pid
+
+    def __enter__(self) -> LocalSuperLink:
+        if self._proc is not None:
+            raise RuntimeError("LocalSuperLink is already running")
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as sock:  # let the OS pick a free port
+            sock.bind((_HOST, 0))
+            self.port = sock.getsockname()[1]
+        (self.flwr_home / "config.toml").write_text(
+            f'# Written by fedlatent.launcher.\n[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n'
+        )
+        command = [
+            _tool("flower-superlink", self.env), "--insecure", "--simulation",
+            "--isolation", "subprocess",  # as flwr's own local SuperLink
+            "--host", _HOST, "--port", str(self.port), "--database", str(self.flwr_home / "state.db"),
+            "--disable-runtime-dependency-installation",
+        ]  # fmt: skip
+        with self.log_file.open("wb") as log:
+            self._proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env, cwd=self.workdir, start_new_session=True,
+            )  # fmt: skip
+        self._sessions = {self._proc.pid}
+        try:
+            self._wait_healthy()
+            self._sessions |= _tree_sessions(self._proc.pid)  # SuperExec is up by now
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop()
+
+    def _wait_healthy(self) -> None:
+        assert self._proc is not None
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+        deadline = time.monotonic() + self.startup_timeout
+        while (code := self._proc.poll()) is None:
+            with contextlib.suppress(OSError), opener.open(f"http://{self.address}/health", timeout=1.0) as reply:
+                if reply.status == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise self._error(f"flower-superlink not healthy after {self.startup_timeout:.0f} s")
+            time.sleep(0.2)
+        raise self._error(f"flower-superlink exited with code {code} during startup")
+
+    def _stop(self) -> None:
+        """End the SuperLink and every process of the sessions it created: TERM, then KILL."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        self._sessions |= _tree_sessions(proc.pid)
+        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            members = _live_members(self._sessions)
+            for pid in members:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + grace
+            while members and (members := _live_members(self._sessions)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5.0)  # reap our child
+
+    def _error(self, headline: str, output: str = "") -> FederationError:
+        log = ""
+        with contextlib.suppress(OSError), self.log_file.open("rb") as file:
+            file.seek(max(0, file.seek(0, os.SEEK_END) - 256_000))  # only the end is quoted
+            log = file.read().decode(errors="replace")
+        parts = [headline] + ([f"--- flwr output (last {_TAIL} lines) ---", _tail(output)] if output else [])
+        parts += [f"--- superlink log (last {_TAIL} lines) ---", _tail(log, skip="uvicorn.access")]
+        return FederationError("\n".join(parts))
+
+    def _flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        command = [_tool("flwr", self.env), *args]
+        return subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=timeout)
+
+    def status(self, run_id: int) -> tuple[str, str]:
+        """Return ``(status, details)`` of a run, e.g. ``("finished:failed", "Simulation failed ...")``."""
+        done = self._flwr("list", CONNECTION, "--run-id", str(run_id), "--format", "json")
+        try:
+            run: dict[str, Any] = json.loads(done.stdout[done.stdout.index("{") :])["runs"][0]
+            return str(run["status"]), str(run.get("status-details", ""))
+        except (ValueError, LookupError, TypeError) as err:
+            raise self._error(f"cannot read the status of run {run_id}: {err}", done.stdout + done.stderr) from None
+
+    def run(
+        self,
+        app_dir: Path,
+        *,
+        run_config: Mapping[str, ConfigValue],
+        num_supernodes: int,
+        cpus_per_client: float = 1.0,
+        timeout: float = 3600.0,
+        echo: Callable[[str], None] | None = None,
+    ) -> FederationResult:
+        """Run the Flower app in ``app_dir`` as a simulation on this SuperLink and wait for it.
+
+        Parameters
+        ----------
+        app_dir : Path
+            Directory of the app's ``pyproject.toml``.
+        run_config : Mapping[str, str | int | float | bool]
+            Overrides of ``[tool.flwr.app.config]``; Flower refuses unknown keys.
+        num_supernodes : int
+            Number of simulated SuperNodes (clients).
+        cpus_per_client : float
+            CPUs Ray reserves per ClientApp; Flower 1.42 accepts whole numbers only.
+        timeout : float
+            Seconds after which the run is stopped (``flwr stop``) and the call fails.
+        echo : Callable[[str], None] | None
+            Called with each output line as it arrives (progress for users).
+
+        Returns
+        -------
+        FederationResult
+            Run id, final status, captured output and wall time.
+
+        Raises
+        ------
+        FederationError
+            If the run is refused, does not complete, or times out.
+        """
+        if self._proc is None:
+            raise RuntimeError("LocalSuperLink.run() must be called inside its `with` block")
+        if num_supernodes < 1 or cpus_per_client < 1 or cpus_per_client != int(cpus_per_client):
+            raise ValueError("num_supernodes and cpus_per_client must be positive whole numbers")
+        federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={int(cpus_per_client)}"
+        command = [_tool("flwr", self.env), "run", str(Path(app_dir).resolve()), CONNECTION, "--stream"]
+        command += ["--federation-config", federation]
+        if overrides := format_run_config(run_config):
+            command += ["--run-config", overrides]
+        start = time.monotonic()
+        deadline = start + timeout
+        lines: list[str] = []
+        run_id: int | None = None
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=self.env, text=True, errors="replace",
+        )  # fmt: skip
+        try:  # a reader thread lets the deadline pass while the stream is silent
+            pending: queue.Queue[str | None] = queue.Queue()
+            threading.Thread(target=_pump, args=(proc.stdout, pending), daemon=True).start()
+            while (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    line = pending.get(timeout=remaining)
+                except queue.Empty:
+                    continue
+                if line is None:  # end of stream: the run is over (or never started)
+                    break
+                lines.append(line := _ANSI.sub("", line.rstrip("\r\n")))
+                if run_id is None and (match := _RUN_ID.search(line)):
+                    run_id = int(match.group(1))
+                if echo is not None:
+                    echo(line)
+            else:
+                raise self._timeout(run_id, timeout, "\n".join(lines))
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        log = "\n".join(lines)
+        if run_id is None:
+            raise self._error(f"flwr run exited with code {code} without starting a run", log)
+        while not (status := self.status(run_id))[0].startswith("finished"):  # in case it lags
+            if time.monotonic() > deadline:
+                raise self._timeout(run_id, timeout, log)
+            time.sleep(5.0)
+        if status[0] != COMPLETED:
+            raise self._error(f"run {run_id} ended with status {status[0]} ({status[1]})", log)
+        return FederationResult(run_id=run_id, status=status[0], log=log, seconds=time.monotonic() - start)
+
+    def _timeout(self, run_id: int | None, timeout: float, log: str) -> FederationError:
+        if run_id is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._flwr("stop", str(run_id), CONNECTION, timeout=60.0)
+        return self._error(f"run {run_id} timed out after {timeout:.0f} s and was stopped", log)
+
+
+def _pump(stream: IO[str], sink: queue.Queue[str | None]) -> None:
+    for line in stream:
+        sink.put(line)
+    sink.put(None)
+
+
+def run_federation(
+    app_dir: Path,
+    *,
+    run_config: Mapping[str, ConfigValue],
+    num_supernodes: int,
+    flwr_home: Path | None = None,
+    cpus_per_client: float = 1.0,
+    timeout: float = 3600.0,
+    echo: Callable[[str], None] | None = print,
+) -> FederationResult:
+    """Run one federation on a :class:`LocalSuperLink` of its own.
+
+    ``flwr_home`` defaults to a temporary directory, removed afterwards; the other
+    parameters are those of :meth:`LocalSuperLink.run`.
+    """
+    with contextlib.ExitStack() as stack:
+        if flwr_home is None:
+            flwr_home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedlatent-flwr-")))
+        link = stack.enter_context(LocalSuperLink(flwr_home=flwr_home))
+        return link.run(
+            app_dir, run_config=run_config, num_supernodes=num_supernodes,
+            cpus_per_client=cpus_per_client, timeout=timeout, echo=echo,
+        )  # fmt: skip

@@ -1,0 +1,155 @@
+"""Every mode x encoder through the real Flower simulation (``flwr run``) on digits.
+
+One private SuperLink serves the whole module; each combination runs once (cached in a
+module fixture) and several tests read its run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedlatent.cli import app_dir
+from fedlatent.config import RunConfig
+from fedlatent.data import FASHION_MNIST_DEBIAN_DIR
+from fedlatent.launcher import LocalSuperLink
+from fedlatent.plan import make_plan
+from fedlatent.server_view import load_server_view
+
+pytestmark = pytest.mark.slow
+
+# Small but not trivial: 2 clients, 2 rounds, encoders trained long enough to be useful.
+FAST = {
+    "dataset": "digits",
+    "num-clients": 2,
+    "rounds": 2,
+    "ae-epochs": 30,
+    "encoder-rounds": 2,
+    "local-epochs": 2,
+    "server-epochs": 10,
+}
+COMBOS = [("raw", "public")] + [
+    (m, e) for m in ("latent-fedavg", "latent-share") for e in ("public", "federated", "local")
+]
+RESULT_FIELDS = {
+    "mode",
+    "encoder",
+    "dataset",
+    "num_clients",
+    "rounds",
+    "partition",
+    "accuracy",
+    "epsilon",
+    "epsilon_per_client",
+    "delta",
+    "end_to_end_dp",
+    "bytes_uploaded",
+    "bytes_downloaded",
+    "wall_seconds",
+    "history",
+    "seed",
+    "fedlatent_version",
+}
+
+
+@pytest.fixture(scope="module")
+def link(tmp_path_factory: pytest.TempPathFactory):
+    with LocalSuperLink(flwr_home=tmp_path_factory.mktemp("flwr-home")) as superlink:
+        yield superlink
+
+
+@pytest.fixture(scope="module")
+def runs(link: LocalSuperLink, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    """Run directory of each combination, run lazily on first use."""
+    cache: dict[tuple[str, str], Path] = {}
+
+    class Lazy(dict):  # type: ignore[type-arg]
+        def __missing__(self, key: tuple[str, str]) -> Path:
+            mode, encoder = key
+            out = tmp_path_factory.mktemp(f"{mode}-{encoder}")
+            cfg = {**FAST, "mode": mode, "encoder": encoder, "out-dir": str(out)}
+            link.run(app_dir(), run_config=cfg, num_supernodes=FAST["num-clients"], timeout=900)
+            self[key] = out
+            return out
+
+    return Lazy(cache)
+
+
+def _results(run: Path) -> dict[str, Any]:
+    return json.loads((run / "results.json").read_text())
+
+
+@pytest.mark.parametrize(("mode", "encoder"), COMBOS)
+def test_every_mode_and_encoder_learns(runs: Any, mode: str, encoder: str) -> None:
+    res = _results(runs[mode, encoder])
+    assert RESULT_FIELDS <= set(res)
+    assert res["mode"] == mode and res["num_clients"] == 2 and res["rounds"] == 2
+    assert res["accuracy"] > 0.5, res  # chance is 0.1
+    assert res["epsilon"] is None and res["end_to_end_dp"] is False
+    assert res["bytes_uploaded"] > 0 and res["bytes_downloaded"] > 0
+    if encoder == "local" and mode != "raw":
+        assert set(res["accuracy_per_client"]) == {"0", "1"}
+        assert res["accuracy"] == pytest.approx(np.mean(list(res["accuracy_per_client"].values())))
+    run = runs[mode, encoder]
+    view = load_server_view(run / "server_view")
+    assert "final_model.npz" in view
+    assert ("encoder.npz" in view) == (mode != "raw" and encoder != "local")  # the server never holds a local one
+    assert not view["manifest"]["rejected"]
+    index = [np.load(p) for p in sorted((run / "private_index").glob("client_*.npy"))]
+    assert len(index) == 2 and not set(index[0]) & set(index[1])
+    assert not set(np.concatenate(index)) & set(view["public_index"])
+
+
+def _contains_rows(array: np.ndarray, rows: set[bytes], width: int) -> bool:
+    if array.size % width:
+        return False
+    flat = np.ascontiguousarray(array.reshape(-1, width), dtype=np.float32)
+    return any(r.tobytes() in rows for r in flat)
+
+
+def test_row_detector_finds_a_planted_image() -> None:
+    image = np.arange(64, dtype=np.float32) / 64
+    assert _contains_rows(np.stack([np.zeros(64, np.float32), image]), {image.tobytes()}, 64)
+    assert not _contains_rows(np.zeros((3, 64), np.float32), {image.tobytes()}, 64)
+
+
+@pytest.mark.parametrize(("mode", "encoder"), [c for c in COMBOS if c[0] != "raw"])
+def test_no_raw_image_reaches_the_server(runs: Any, mode: str, encoder: str) -> None:
+    run = runs[mode, encoder]
+    cfg = RunConfig.from_run_config({**FAST, "mode": mode, "encoder": encoder})
+    plan = make_plan(cfg)
+    private = np.concatenate(plan.client_idx)
+    images = plan.dataset.x_train[private].reshape(len(private), -1).astype(np.float32)
+    rows = {r.tobytes() for r in images}
+    view = load_server_view(run / "server_view")
+    received = {k: v for k, v in view.items() if k.startswith(("received/", "latents/"))}
+    assert received, "the server view records what was received"
+    for name, arrays in received.items():
+        for key, array in arrays.items():
+            assert array.shape[-2:] != (8, 8), f"{name}:{key} is image-shaped"
+            assert not _contains_rows(array, rows, images.shape[1]), f"{name}:{key} holds a private image"
+    if mode == "latent-share":
+        shared = np.concatenate([v["latents"] for k, v in received.items() if k.startswith("latents/")])
+        assert shared.shape == (len(private), cfg.latent_dim)
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_DEBIAN_DIR).is_dir(), reason="Debian's dataset-fashion-mnist not installed")
+def test_fashion_mnist_slice(link: LocalSuperLink, tmp_path: Path) -> None:
+    cfg = {
+        "dataset": "fashion-mnist",
+        "max-train": 3000,
+        "num-clients": 2,
+        "rounds": 2,
+        "ae-epochs": 30,
+        "mode": "latent-fedavg",
+        "encoder": "public",
+        "out-dir": str(tmp_path),
+    }
+    link.run(app_dir(), run_config=cfg, num_supernodes=2, timeout=900)
+    res = _results(tmp_path)
+    assert res["dataset"] == "fashion-mnist" and res["records"]["test"] == 10000
+    assert res["accuracy"] > 0.6, res

@@ -47,7 +47,7 @@ def summarize(results: Sequence[dict[str, Any]], out: Path) -> list[dict[str, An
     for name in ("mode", "encoder", "accuracy", "epsilon", "end-to-end DP", "MB up", "MB down", "seconds"):
         table.add_column(name, justify="left" if name in ("mode", "encoder") else "right")
     for r in rows:
-        eps = "∞ (no DP)" if r["epsilon"] is None else f"{r['epsilon']:.3f}"
+        eps = "∞" if r["epsilon"] is None else f"{r['epsilon']:.3f}"
         table.add_row(
             r["mode"],
             r["encoder"] or "-",
@@ -58,7 +58,7 @@ def summarize(results: Sequence[dict[str, Any]], out: Path) -> list[dict[str, An
             _mb(r["bytes_downloaded"]),
             f"{r['wall_seconds']:.1f}",
         )
-    Console().print(table)
+    Console(width=max(Console().width, 110)).print(table)
     _plot(rows, out / "compare.png")
     print(f"results: {out}/compare.json, compare.csv, compare.png")
     return rows
@@ -79,7 +79,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax_mb.set_ylabel("MB uploaded by clients")
     for ax in (ax_acc, ax_mb):
         ax.tick_params(axis="x", labelrotation=15)
-    fig.suptitle(f"{rows[0]['dataset']}, encoder {rows[0]['encoder'] or '-'}" if rows else "")
+    encoder = next((r["encoder"] for r in rows if r["encoder"]), "-")
+    fig.suptitle(f"{rows[0]['dataset']}, encoder {encoder}" if rows else "")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -16,7 +16,7 @@ import pytest
 from fedlatent.cli import app_dir
 from fedlatent.config import RunConfig
 from fedlatent.data import FASHION_MNIST_DEBIAN_DIR
-from fedlatent.launcher import LocalSuperLink
+from fedlatent.launcher import FederationError, LocalSuperLink
 from fedlatent.plan import make_plan
 from fedlatent.server_view import load_server_view
 
@@ -153,3 +153,9 @@ def test_fashion_mnist_slice(link: LocalSuperLink, tmp_path: Path) -> None:
     res = _results(tmp_path)
     assert res["dataset"] == "fashion-mnist" and res["records"]["test"] == 10000
     assert res["accuracy"] > 0.6, res
+
+
+def test_bad_config_value_fails_the_run_naming_the_key(link: LocalSuperLink, tmp_path: Path) -> None:
+    with pytest.raises(FederationError, match="alpha"):
+        link.run(app_dir(), run_config={**FAST, "alpha": -1.0, "out-dir": str(tmp_path)}, num_supernodes=2, timeout=300)
+    assert not (tmp_path / "results.json").exists()

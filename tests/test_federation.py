@@ -62,21 +62,25 @@ def link(tmp_path_factory: pytest.TempPathFactory):
         yield superlink
 
 
+class _Runs(dict):  # type: ignore[type-arg]
+    """Run directory per (mode, encoder), each federation run once, on first use."""
+
+    def __init__(self, link: LocalSuperLink, factory: pytest.TempPathFactory) -> None:
+        super().__init__()
+        self.link, self.factory = link, factory
+
+    def __missing__(self, key: tuple[str, str]) -> Path:
+        mode, encoder = key
+        out = self.factory.mktemp(f"{mode}-{encoder}")
+        cfg = {**FAST, "mode": mode, "encoder": encoder, "out-dir": str(out)}
+        self.link.run(app_dir(), run_config=cfg, num_supernodes=FAST["num-clients"], timeout=900)
+        self[key] = out
+        return out
+
+
 @pytest.fixture(scope="module")
-def runs(link: LocalSuperLink, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
-    """Run directory of each combination, run lazily on first use."""
-    cache: dict[tuple[str, str], Path] = {}
-
-    class Lazy(dict):  # type: ignore[type-arg]
-        def __missing__(self, key: tuple[str, str]) -> Path:
-            mode, encoder = key
-            out = tmp_path_factory.mktemp(f"{mode}-{encoder}")
-            cfg = {**FAST, "mode": mode, "encoder": encoder, "out-dir": str(out)}
-            link.run(app_dir(), run_config=cfg, num_supernodes=FAST["num-clients"], timeout=900)
-            self[key] = out
-            return out
-
-    return Lazy(cache)
+def runs(link: LocalSuperLink, tmp_path_factory: pytest.TempPathFactory) -> _Runs:
+    return _Runs(link, tmp_path_factory)
 
 
 def _results(run: Path) -> dict[str, Any]:
@@ -84,7 +88,7 @@ def _results(run: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("mode", "encoder"), COMBOS)
-def test_every_mode_and_encoder_learns(runs: Any, mode: str, encoder: str) -> None:
+def test_every_mode_and_encoder_learns(runs: _Runs, mode: str, encoder: str) -> None:
     res = _results(runs[mode, encoder])
     assert RESULT_FIELDS <= set(res)
     assert res["mode"] == mode and res["num_clients"] == 2 and res["rounds"] == 2
@@ -118,7 +122,7 @@ def test_row_detector_finds_a_planted_image() -> None:
 
 
 @pytest.mark.parametrize(("mode", "encoder"), [c for c in COMBOS if c[0] != "raw"])
-def test_no_raw_image_reaches_the_server(runs: Any, mode: str, encoder: str) -> None:
+def test_no_raw_image_reaches_the_server(runs: _Runs, mode: str, encoder: str) -> None:
     run = runs[mode, encoder]
     cfg = RunConfig.from_run_config({**FAST, "mode": mode, "encoder": encoder})
     plan = make_plan(cfg)

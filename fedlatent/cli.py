@@ -1,22 +1,25 @@
 """The ``fedlatent`` command: ``run`` one federation, ``compare`` the three modes.
 
-Both verbs run the real Flower app through ``flwr run`` on a private local SuperLink (see
-``launcher``); every run-config key is also a CLI option (``--num-clients`` etc., with the
+Both verbs run the real Flower app through ``flwr run`` on a private local SuperLink, as a
+simulation (see ``launcher``) or, with ``--deployment``, on one SuperNode process per client
+(see ``deployment``); every run-config key is also a CLI option (``--num-clients`` etc., with the
 short aliases ``--clients`` and ``--out``), validated before Flower starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig
+from .deployment import LocalDeployment
 from .launcher import FederationError, LocalSuperLink
 
 ALIASES = {"num-clients": ["--clients"], "out-dir": ["--out"]}
@@ -40,6 +43,11 @@ def _add_config_options(parser: argparse.ArgumentParser, *, skip: Sequence[str] 
             help=f"{f.metadata['doc']} (default: {f.default!r})",
         )
     parser.add_argument("--verbose", action="store_true", help="show Flower's full log")
+    parser.add_argument(
+        "--deployment",
+        action="store_true",
+        help="run as a local deployment: a SuperLink and one SuperNode process per client (default: simulation)",
+    )
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds before a run is stopped")
 
 
@@ -71,15 +79,30 @@ def _echo(verbose: bool) -> Any:
     return echo
 
 
-def run_one(link: LocalSuperLink, cfg: RunConfig, *, verbose: bool, timeout: float) -> dict[str, Any]:
+@contextlib.contextmanager
+def _federation(args: argparse.Namespace, num_clients: int) -> Iterator[LocalSuperLink | LocalDeployment]:
+    """A simulation's SuperLink, or with ``--deployment`` one with ``num_clients`` SuperNodes."""
+    with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home:
+        if args.deployment:
+            with LocalDeployment(flwr_home=Path(home), num_supernodes=num_clients) as deployment:
+                yield deployment
+        else:
+            with LocalSuperLink(flwr_home=Path(home)) as link:
+                yield link
+
+
+def run_one(link: LocalSuperLink | LocalDeployment, cfg: RunConfig, *, verbose: bool, timeout: float) -> dict[str, Any]:
     """Run one federation on ``link`` and return its ``results.json``."""
-    result = link.run(
-        app_dir(),
-        run_config=cfg.to_run_config(),
-        num_supernodes=cfg.num_clients,
-        timeout=timeout,
-        echo=_echo(verbose),
-    )
+    if isinstance(link, LocalDeployment):
+        result = link.run(app_dir(), run_config=cfg.to_run_config(), timeout=timeout, echo=_echo(verbose))
+    else:
+        result = link.run(
+            app_dir(),
+            run_config=cfg.to_run_config(),
+            num_supernodes=cfg.num_clients,
+            timeout=timeout,
+            echo=_echo(verbose),
+        )
     results_path = Path(cfg.out_dir) / "results.json"
     if not results_path.is_file():
         raise FederationError(f"run {result.run_id} finished but wrote no {results_path}")
@@ -95,7 +118,7 @@ def _config(overrides: dict[str, Any], default_out: str) -> RunConfig:
 def cmd_run(args: argparse.Namespace) -> int:
     """``fedlatent run``: one federation, one run directory."""
     cfg = _config(_overrides(args), default_out=f"runs/{_stamp()}-run")
-    with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home, LocalSuperLink(flwr_home=Path(home)) as link:
+    with _federation(args, cfg.num_clients) as link:
         results = run_one(link, cfg, verbose=args.verbose, timeout=args.timeout)
     print(f"\naccuracy {results['accuracy']:.4f}  ({results['wall_seconds']:.1f} s)  -> {cfg.out_dir}")
     return 0
@@ -108,9 +131,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     base = _overrides(args)
     parent = Path(base.pop("out-dir", f"runs/{_stamp()}-compare")).expanduser().resolve()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home, LocalSuperLink(flwr_home=Path(home)) as link:
-        for i, mode in enumerate(args.modes):
-            cfg = _config({**base, "mode": mode}, default_out=str(parent / mode))
+    cfgs = [_config({**base, "mode": mode}, default_out=str(parent / mode)) for mode in args.modes]
+    with _federation(args, cfgs[0].num_clients) as link:
+        for i, (mode, cfg) in enumerate(zip(args.modes, cfgs, strict=True)):
             print(f"\n== [{i + 1}/{len(args.modes)}] {mode} ({cfg.dataset}, encoder {cfg.encoder}) ==", flush=True)
             rows.append(run_one(link, cfg, verbose=args.verbose, timeout=args.timeout))
     summarize(rows, parent)

@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -43,7 +43,7 @@ ConfigValue = str | int | float | bool
 
 CONNECTION = "fedlatent"  # the connection written to $FLWR_HOME/config.toml
 COMPLETED = "finished:completed"
-_HOST = "127.0.0.1"
+HOST = "127.0.0.1"
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Flower colours its log lines even when piped
 _KEY = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")  # TOML bare key, dotted allowed
@@ -112,7 +112,7 @@ def _toml_value(value: ConfigValue) -> str:
     raise TypeError(f"run-config value {value!r} is not a str, int, float or bool")
 
 
-def _flower_env(flwr_home: Path) -> dict[str, str]:
+def flower_env(flwr_home: Path) -> dict[str, str]:
     """Environment of every Flower process: isolated, offline, loopback only."""
     env = dict(os.environ)
     # Flower starts its helpers (flower-superexec, flwr-simulation) from PATH: use ours.
@@ -123,18 +123,20 @@ def _flower_env(flwr_home: Path) -> dict[str, str]:
     env["FLWR_TELEMETRY_ENABLED"] = "0"
     env["RAY_ADDRESS"] = "local"  # a private Ray, never a cluster left by `ray start`
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray then uses 127.0.0.1 as node IP
-    no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), _HOST]))
+    no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), HOST]))
     env["NO_PROXY"] = env["no_proxy"] = no_proxy  # the CLI's HTTP client must not use a proxy
     return env
 
 
-def _tool(name: str, env: Mapping[str, str]) -> str:
+def find_tool(name: str, env: Mapping[str, str]) -> str:
+    """Path of the Flower executable ``name`` on the ``PATH`` of ``env``."""
     if (path := shutil.which(name, path=env["PATH"])) is None:
         raise FederationError(f"`{name}` not found; is flwr[simulation] installed?")
     return path
 
 
-def _tail(text: str, skip: str = "\0") -> str:
+def log_tail(text: str, skip: str = "\0") -> str:
+    """The last lines of a log without ANSI colours, leaving out lines that contain ``skip``."""
     return "\n".join([line for line in _ANSI.sub("", text).splitlines() if skip not in line][-_TAIL:])
 
 
@@ -145,7 +147,7 @@ def _process_table() -> list[tuple[int, int, int, str]]:
     return [(int(f[0]), int(f[1]), int(f[2]), f[3]) for f in map(str.split, out.splitlines()) if len(f) >= 4]
 
 
-def _tree_sessions(root: int) -> set[int]:
+def tree_sessions(root: int) -> set[int]:
     """Sessions of ``root`` and its descendants (a child that called setsid leads its own)."""
     table = _process_table()
     tree, grown = {root}, True
@@ -156,9 +158,30 @@ def _tree_sessions(root: int) -> set[int]:
     return {root} | {sid for pid, _, sid, _ in table if pid in tree}
 
 
+def free_ports(count: int = 1) -> list[int]:
+    """``count`` distinct loopback ports that are free now (all held open while picked)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:  # let the OS pick each port
+            sock.bind((HOST, 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
 def _live_members(sessions: set[int]) -> list[int]:
     """Processes of ``sessions`` that are not zombies (those only await reaping)."""
     return [pid for pid, _, sid, state in _process_table() if sid in sessions and not state.startswith("Z")]
+
+
+def stop_sessions(sessions: set[int]) -> None:
+    """End every live process of ``sessions``: TERM, up to 10 s, then KILL, up to 5 s."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        members = _live_members(sessions)
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while members and (members := _live_members(sessions)) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 class LocalSuperLink:
@@ -174,14 +197,20 @@ class LocalSuperLink:
     workdir : Path | None
         Working directory of the SuperLink, hence of ServerApp and ClientApps (default: the
         caller's), against which the apps resolve relative paths.
+    simulation : bool
+        Start the SuperLink with ``--simulation`` (default). Without it the SuperLink serves
+        real SuperNodes, as :class:`fedlatent.deployment.LocalDeployment` uses it.
     """
 
-    def __init__(self, *, flwr_home: Path, startup_timeout: float = 60.0, workdir: Path | None = None) -> None:
+    def __init__(
+        self, *, flwr_home: Path, startup_timeout: float = 60.0, workdir: Path | None = None, simulation: bool = True
+    ) -> None:
         self.flwr_home = Path(flwr_home).resolve()
+        self.simulation = simulation
         self.startup_timeout = startup_timeout
         self.workdir = Path(workdir or Path.cwd()).resolve()
         self.log_file = self.flwr_home / "superlink.log"
-        self.env = _flower_env(self.flwr_home)
+        self.env = flower_env(self.flwr_home)
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         # Sessions we own: the SuperLink's and SuperExec's, which Flower detaches with setsid
@@ -192,7 +221,7 @@ class LocalSuperLink:
     @property
     def address(self) -> str:
         """``host:port`` of the SuperLink's HTTP API."""
-        return f"{_HOST}:{self.port}"
+        return f"{HOST}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -203,17 +232,15 @@ class LocalSuperLink:
         if self._proc is not None:
             raise RuntimeError("LocalSuperLink is already running")
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        with socket.socket() as sock:  # let the OS pick a free port
-            sock.bind((_HOST, 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_ports()[0]
         (self.flwr_home / "config.toml").write_text(
             f'# Written by fedlatent.launcher.\n[superlink]\ndefault = "{CONNECTION}"\n\n'
             f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n'
         )
         command = [
-            _tool("flower-superlink", self.env), "--insecure", "--simulation",
+            find_tool("flower-superlink", self.env), "--insecure", *(["--simulation"] if self.simulation else []),
             "--isolation", "subprocess",  # as flwr's own local SuperLink
-            "--host", _HOST, "--port", str(self.port), "--database", str(self.flwr_home / "state.db"),
+            "--host", HOST, "--port", str(self.port), "--database", str(self.flwr_home / "state.db"),
             "--disable-runtime-dependency-installation",
         ]  # fmt: skip
         with self.log_file.open("wb") as log:
@@ -224,7 +251,7 @@ class LocalSuperLink:
         self._sessions = {self._proc.pid}
         try:
             self._wait_healthy()
-            self._sessions |= _tree_sessions(self._proc.pid)  # SuperExec is up by now
+            self._sessions |= tree_sessions(self._proc.pid)  # SuperExec is up by now
         except BaseException:
             self._stop()
             raise
@@ -242,48 +269,43 @@ class LocalSuperLink:
                 if reply.status == 200:
                     return
             if time.monotonic() > deadline:
-                raise self._error(f"flower-superlink not healthy after {self.startup_timeout:.0f} s")
+                raise self.error(f"flower-superlink not healthy after {self.startup_timeout:.0f} s")
             time.sleep(0.2)
-        raise self._error(f"flower-superlink exited with code {code} during startup")
+        raise self.error(f"flower-superlink exited with code {code} during startup")
 
     def _stop(self) -> None:
         """End the SuperLink and every process of the sessions it created: TERM, then KILL."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        self._sessions |= _tree_sessions(proc.pid)
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            members = _live_members(self._sessions)
-            for pid in members:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + grace
-            while members and (members := _live_members(self._sessions)) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        self._sessions |= tree_sessions(proc.pid)
+        stop_sessions(self._sessions)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5.0)  # reap our child
 
-    def _error(self, headline: str, output: str = "") -> FederationError:
+    def error(self, headline: str, output: str = "") -> FederationError:
+        """A FederationError quoting the tails of ``output`` and of the SuperLink's log."""
         log = ""
         with contextlib.suppress(OSError), self.log_file.open("rb") as file:
             file.seek(max(0, file.seek(0, os.SEEK_END) - 256_000))  # only the end is quoted
             log = file.read().decode(errors="replace")
-        parts = [headline] + ([f"--- flwr output (last {_TAIL} lines) ---", _tail(output)] if output else [])
-        parts += [f"--- superlink log (last {_TAIL} lines) ---", _tail(log, skip="uvicorn.access")]
+        parts = [headline] + ([f"--- flwr output (last {_TAIL} lines) ---", log_tail(output)] if output else [])
+        parts += [f"--- superlink log (last {_TAIL} lines) ---", log_tail(log, skip="uvicorn.access")]
         return FederationError("\n".join(parts))
 
-    def _flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        command = [_tool("flwr", self.env), *args]
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run the ``flwr`` CLI with ``args`` in this SuperLink's environment and capture its output."""
+        command = [find_tool("flwr", self.env), *args]
         return subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=timeout)
 
     def status(self, run_id: int) -> tuple[str, str]:
         """Return ``(status, details)`` of a run, e.g. ``("finished:failed", "Simulation failed ...")``."""
-        done = self._flwr("list", CONNECTION, "--run-id", str(run_id), "--format", "json")
+        done = self.flwr("list", CONNECTION, "--run-id", str(run_id), "--format", "json")
         try:
             run: dict[str, Any] = json.loads(done.stdout[done.stdout.index("{") :])["runs"][0]
             return str(run["status"]), str(run.get("status-details", ""))
         except (ValueError, LookupError, TypeError) as err:
-            raise self._error(f"cannot read the status of run {run_id}: {err}", done.stdout + done.stderr) from None
+            raise self.error(f"cannot read the status of run {run_id}: {err}", done.stdout + done.stderr) from None
 
     def run(
         self,
@@ -327,8 +349,28 @@ class LocalSuperLink:
         if num_supernodes < 1 or cpus_per_client < 1 or cpus_per_client != int(cpus_per_client):
             raise ValueError("num_supernodes and cpus_per_client must be positive whole numbers")
         federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={int(cpus_per_client)}"
-        command = [_tool("flwr", self.env), "run", str(Path(app_dir).resolve()), CONNECTION, "--stream"]
-        command += ["--federation-config", federation]
+        return self.stream_run(
+            app_dir, run_config=run_config, extra_args=["--federation-config", federation], timeout=timeout, echo=echo
+        )
+
+    def stream_run(
+        self,
+        app_dir: Path,
+        *,
+        run_config: Mapping[str, ConfigValue],
+        extra_args: Sequence[str] = (),
+        timeout: float = 3600.0,
+        echo: Callable[[str], None] | None = None,
+    ) -> FederationResult:
+        """``flwr run app_dir --stream [extra_args]`` on this SuperLink, then check the final status.
+
+        :meth:`run` for a simulation; as is (no ``--federation-config``) for a deployment whose
+        SuperNodes are connected. Parameters, result and errors as :meth:`run`.
+        """
+        if self._proc is None:
+            raise RuntimeError("LocalSuperLink.stream_run() must be called inside its `with` block")
+        command = [find_tool("flwr", self.env), "run", str(Path(app_dir).resolve()), CONNECTION, "--stream"]
+        command += list(extra_args)
         if overrides := format_run_config(run_config):
             command += ["--run-config", overrides]
         start = time.monotonic()
@@ -363,20 +405,20 @@ class LocalSuperLink:
                 proc.wait()
         log = "\n".join(lines)
         if run_id is None:
-            raise self._error(f"flwr run exited with code {code} without starting a run", log)
+            raise self.error(f"flwr run exited with code {code} without starting a run", log)
         while not (status := self.status(run_id))[0].startswith("finished"):  # in case it lags
             if time.monotonic() > deadline:
                 raise self._timeout(run_id, timeout, log)
             time.sleep(5.0)
         if status[0] != COMPLETED:
-            raise self._error(f"run {run_id} ended with status {status[0]} ({status[1]})", log)
+            raise self.error(f"run {run_id} ended with status {status[0]} ({status[1]})", log)
         return FederationResult(run_id=run_id, status=status[0], log=log, seconds=time.monotonic() - start)
 
     def _timeout(self, run_id: int | None, timeout: float, log: str) -> FederationError:
         if run_id is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self._flwr("stop", str(run_id), CONNECTION, timeout=60.0)
-        return self._error(f"run {run_id} timed out after {timeout:.0f} s and was stopped", log)
+                self.flwr("stop", str(run_id), CONNECTION, timeout=60.0)
+        return self.error(f"run {run_id} timed out after {timeout:.0f} s and was stopped", log)
 
 
 def _pump(stream: IO[str], sink: queue.Queue[str | None]) -> None:

@@ -36,7 +36,7 @@ log = logging.getLogger("fedlatent")
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run every phase and export the run directory."""
-    logging.basicConfig(level=logging.INFO)
+    _log_to_stream()
     start = time.time()
     cfg = RunConfig.from_run_config(context.run_config)
     out = run_directory(cfg)
@@ -63,6 +63,16 @@ def main(grid: Grid, context: Context) -> None:
     view.close()
     record.finish(bytes_up=traffic.up, bytes_down=traffic.down, seconds=time.time() - start)
     log.info("accuracy %.4f, results in %s", record.accuracy, out / "results.json")
+
+
+def _log_to_stream() -> None:
+    """Show fedlatent's progress in the run's log without touching the root logger."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("fedlatent: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0) -> list[int]:

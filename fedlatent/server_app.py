@@ -24,7 +24,7 @@ from . import payloads as P
 from .config import RunConfig
 from .models import Encoder
 from .plan import DataPlan, build_autoencoder, build_classifier, generator, make_plan
-from .report import RunRecord, run_directory
+from .report import RunRecord, jsonable, run_directory
 from .server_view import ServerView
 from .strategy import RecordingFedAvg, Traffic, accept
 from .training import encode, evaluate, train_autoencoder, train_classifier
@@ -36,14 +36,14 @@ log = logging.getLogger("fedlatent")
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run every phase and export the run directory."""
-    logging.basicConfig(level=logging.INFO)
+    _log_to_stream()
     start = time.time()
     cfg = RunConfig.from_run_config(context.run_config)
     out = run_directory(cfg)
     log.info("fedlatent run -> %s", out)
     plan = make_plan(cfg)
     record = RunRecord(cfg=cfg, out=out, plan=plan)
-    view = ServerView(out / "server_view", settings=cfg.to_run_config())
+    view = ServerView(out / "server_view", settings=jsonable(cfg.to_run_config()))
     view.public_index(plan.public_idx)
     traffic = Traffic()
     nodes = wait_for_nodes(grid, cfg.num_clients)
@@ -63,6 +63,16 @@ def main(grid: Grid, context: Context) -> None:
     view.close()
     record.finish(bytes_up=traffic.up, bytes_down=traffic.down, seconds=time.time() - start)
     log.info("accuracy %.4f, results in %s", record.accuracy, out / "results.json")
+
+
+def _log_to_stream() -> None:
+    """Show fedlatent's progress in the run's log without touching the root logger."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("fedlatent: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0) -> list[int]:
@@ -148,6 +158,7 @@ def fedavg_phase(
         num_clients=cfg.num_clients,
         fraction_train=cfg.fraction_train,
         federated_evaluation=not central,
+        privacy=record.privacy,
     )
     result = strategy.start(
         grid=grid,
@@ -182,6 +193,8 @@ def share_phase(
         if pid is None:
             continue
         try:
+            if record.privacy.note(msg, pid=pid, phase="share-latents", rnd=0):
+                continue
             z, y = P.unpack_latents(
                 P.arrays(msg.content, P.LATENTS), latent_dim=cfg.latent_dim, num_classes=ds.num_classes
             )

@@ -22,6 +22,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from . import client_dp as dp
 from . import payloads as P
 from .config import RunConfig
 from .models import Encoder
@@ -63,11 +64,31 @@ def train(msg: Message, context: Context) -> Message:
         model = P.load_arrays(build_classifier(cfg, plan.dataset), P.arrays(msg.content))
         inputs = encode(_encoder(context, cfg, plan), x) if cfg.is_latent else x
         gen = generator(cfg, pid, rnd, 1)
+        if cfg.dp:
+            return _train_private(msg, context, cfg, model, inputs, y, pid, gen)
         loss = train_classifier(
             model, inputs, y, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen
         )
     metrics = {"num-examples": len(x), "train-loss": loss, "partition-id": pid}
     return P.reply(msg, metrics=metrics, arrays={P.ARRAYS: P.module_to_arrays(model)})
+
+
+def _train_private(
+    msg: Message,
+    context: Context,
+    cfg: RunConfig,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    pid: int,
+    gen: torch.Generator,
+) -> Message:
+    """A DP-SGD round, or a refusal when the round would overspend the client's budget."""
+    ledger = dp.load_ledger(context.state, cfg)
+    metrics, trained = dp.train_round(model, x, y, cfg=cfg, ledger=ledger, generator=gen)
+    dp.save_ledger(context.state, ledger)
+    metrics.update({"num-examples": len(x), "partition-id": pid})
+    return P.reply(msg, metrics=metrics, arrays={P.ARRAYS: P.module_to_arrays(model)} if trained else None)
 
 
 @app.evaluate()
@@ -110,6 +131,22 @@ def share_latents(msg: Message, context: Context) -> Message:
     """Encode the private partition and send latents + labels (no images)."""
     cfg, plan, pid = _setup(context)
     x, y = plan.client(pid)
-    latents = encode(_encoder(context, cfg, plan), x).numpy()
-    record: ArrayRecord = P.pack_latents(latents, y.numpy())
-    return P.reply(msg, metrics={"num-examples": len(x), "partition-id": pid}, arrays={P.LATENTS: record})
+    latents = encode(_encoder(context, cfg, plan), x)
+    metrics: dict[str, float] = {"num-examples": len(x), "partition-id": pid}
+    if cfg.dp:
+        ledger = dp.load_ledger(context.state, cfg)
+        released = dp.release_latents(
+            latents,
+            y,
+            cfg=cfg,
+            num_classes=plan.dataset.num_classes,
+            ledger=ledger,
+            generator=generator(cfg, pid, 0, 3),
+        )
+        dp.save_ledger(context.state, ledger)
+        if released is None:
+            return P.reply(msg, metrics={**metrics, "refused": 1, "epsilon-spent": ledger.spent()})
+        latents, y, extra = released
+        metrics.update(extra)
+    record: ArrayRecord = P.pack_latents(latents.numpy(), y.numpy())
+    return P.reply(msg, metrics=metrics, arrays={P.LATENTS: record})

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .data import DATASETS, PARTITIONS
+from .privacy import ACCOUNTANTS
 
 MODES = ("raw", "latent-fedavg", "latent-share")
 ENCODERS = ("public", "federated", "local")
@@ -41,6 +42,14 @@ def _positive(v: float) -> bool | str:
 
 def _fraction(v: float) -> bool | str:
     return 0.0 <= v < 1.0 or "must be in [0, 1)"
+
+
+def _budget(v: float) -> bool | str:
+    return v > 0 or "must be > 0 (inf = no differential privacy)"
+
+
+def _probability(v: float) -> bool | str:
+    return 0.0 < v < 1.0 or "must be in (0, 1)"
 
 
 def _unit(v: float) -> bool | str:
@@ -77,6 +86,12 @@ class RunConfig:
     lr: float = _key(1e-3, _positive, "Adam learning rate")
     server_epochs: int = _key(20, _at_least(1), "latent-share: server epochs on pooled latents")
     fraction_train: float = _key(1.0, _unit, "share of clients sampled per round")
+    epsilon: float = _key(math.inf, _budget, "record-level DP budget of each client for the run (inf = no DP)")
+    delta: float = _key(1e-5, _probability, "DP delta (keep below 1/records of a client)")
+    max_grad_norm: float = _key(1.0, _positive, "DP-SGD per-sample gradient clip")
+    accountant: str = _key("rdp", _choice(ACCOUNTANTS), "privacy accountant: rdp | prv")
+    latent_clip: float = _key(1.0, _positive, "latent-share: L2 clip of each released latent")
+    label_epsilon: float = _key(math.inf, _budget, "latent-share: randomized-response epsilon (inf = labels in clear)")
     out_dir: str = _key("", None, "run directory ('' = runs/<time>-<mode>-<encoder>)")
 
     @classmethod
@@ -112,6 +127,11 @@ class RunConfig:
     def to_run_config(self) -> dict[str, Any]:
         """The inverse of ``from_run_config``: a flat kebab-case mapping."""
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def dp(self) -> bool:
+        """True when record-level differential privacy is on (finite ``epsilon``)."""
+        return math.isfinite(self.epsilon)
 
     @property
     def is_latent(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from . import __version__
 from .config import RunConfig
 from .plan import DataPlan
+from .strategy import PrivacyLog
 
 
 def run_directory(cfg: RunConfig) -> Path:
@@ -45,14 +47,11 @@ class RunRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     accuracy: float = float("nan")
     client_accuracy: dict[int, float] | None = None
+    privacy: PrivacyLog = field(default_factory=PrivacyLog)
 
     def results(self, *, bytes_up: int, bytes_down: int, seconds: float) -> dict[str, Any]:
         """The ``results.json`` mapping."""
         cfg = self.cfg
-        privacy_note = (
-            "No differential privacy is applied in this run: epsilon is null and the run gives "
-            "no formal privacy guarantee."
-        )
         return {
             "mode": cfg.mode,
             "encoder": cfg.encoder if cfg.is_latent else None,
@@ -63,12 +62,7 @@ class RunRecord:
             "alpha": cfg.alpha if cfg.partition == "dirichlet" else None,
             "accuracy": self.accuracy,
             "accuracy_per_client": _str_keys(self.client_accuracy),
-            "epsilon": None,
-            "epsilon_per_client": {str(i): None for i in range(cfg.num_clients)},
-            "delta": None,
-            "end_to_end_dp": False,
-            "privacy_note": privacy_note,
-            "labels_in_clear": cfg.mode == "latent-share",
+            **privacy_summary(cfg, self.privacy),
             "bytes_uploaded": bytes_up,
             "bytes_downloaded": bytes_down,
             "wall_seconds": seconds,
@@ -80,7 +74,7 @@ class RunRecord:
                 "test": int(len(self.plan.dataset.y_test)),
                 "per_client": [int(len(c)) for c in self.plan.client_idx],
             },
-            "config": cfg.to_run_config(),
+            "config": jsonable(cfg.to_run_config()),
             "fedlatent_version": __version__,
         }
 
@@ -92,6 +86,62 @@ class RunRecord:
         plot_history(self.out / "accuracy.png", self.history, title=f"{self.cfg.dataset} {self.cfg.mode}")
         (self.out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
         return results
+
+
+def jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    """Config values as strict JSON: an infinite budget becomes the string "inf"."""
+    return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in values.items()}
+
+
+def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
+    """The privacy fields of ``results.json``, with what they do and do not cover."""
+    labels_in_clear = cfg.mode == "latent-share" and cfg.label_epsilon == float("inf")
+    if not cfg.dp:
+        return {
+            "epsilon": None,
+            "epsilon_per_client": {str(i): None for i in range(cfg.num_clients)},
+            "delta": None,
+            "accountant": None,
+            "noise_multiplier": None,
+            "end_to_end_dp": False,
+            "labels_in_clear": labels_in_clear,
+            "refusals": [],
+            "privacy_note": "No differential privacy in this run: epsilon is null and there is no formal guarantee.",
+        }
+    per_client = {str(i): privacy.epsilon.get(i, 0.0) for i in range(cfg.num_clients)}
+    encoder_ok = cfg.mode == "raw" or cfg.encoder == "public"
+    end_to_end = encoder_ok and not labels_in_clear
+    notes = [
+        "epsilon: record-level ("
+        + (
+            "replacement of one record, latent Gaussian mechanism"
+            if cfg.mode == "latent-share"
+            else "add/remove one record, DP-SGD"
+        )
+        + f") per client, composed over every round it took part in, {cfg.accountant} accountant, delta={cfg.delta}."
+    ]
+    if cfg.mode == "latent-share" and not labels_in_clear:
+        notes.append(f"It includes label-epsilon={cfg.label_epsilon} of randomized response (basic composition).")
+    if labels_in_clear:
+        notes.append("Labels are sent in clear: epsilon covers the latents only, so the release is not DP end to end.")
+    if not encoder_ok:
+        notes.append(
+            f"The {cfg.encoder} encoder was trained on private data without DP: it is part of the mechanism, so "
+            "the end-to-end guarantee is NOT differential privacy, whatever the noise after it."
+        )
+    noise = privacy.noise_multiplier
+    return {
+        "epsilon": max(per_client.values()),
+        "epsilon_per_client": per_client,
+        "delta": cfg.delta,
+        "accountant": cfg.accountant,
+        "noise_multiplier": min(noise.values()) if noise else None,
+        "noise_multiplier_per_client": {str(k): v for k, v in sorted(noise.items())},
+        "end_to_end_dp": end_to_end,
+        "labels_in_clear": labels_in_clear,
+        "refusals": privacy.refusals,
+        "privacy_note": " ".join(notes),
+    }
 
 
 def _str_keys(d: dict[int, float] | None) -> dict[str, float] | None:

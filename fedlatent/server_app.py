@@ -24,7 +24,7 @@ from . import payloads as P
 from .config import RunConfig
 from .models import Encoder
 from .plan import DataPlan, build_autoencoder, build_classifier, generator, make_plan
-from .report import RunRecord, run_directory
+from .report import RunRecord, jsonable, run_directory
 from .server_view import ServerView
 from .strategy import RecordingFedAvg, Traffic, accept
 from .training import encode, evaluate, train_autoencoder, train_classifier
@@ -43,7 +43,7 @@ def main(grid: Grid, context: Context) -> None:
     log.info("fedlatent run -> %s", out)
     plan = make_plan(cfg)
     record = RunRecord(cfg=cfg, out=out, plan=plan)
-    view = ServerView(out / "server_view", settings=cfg.to_run_config())
+    view = ServerView(out / "server_view", settings=jsonable(cfg.to_run_config()))
     view.public_index(plan.public_idx)
     traffic = Traffic()
     nodes = wait_for_nodes(grid, cfg.num_clients)
@@ -158,6 +158,7 @@ def fedavg_phase(
         num_clients=cfg.num_clients,
         fraction_train=cfg.fraction_train,
         federated_evaluation=not central,
+        privacy=record.privacy,
     )
     result = strategy.start(
         grid=grid,
@@ -192,6 +193,8 @@ def share_phase(
         if pid is None:
             continue
         try:
+            if record.privacy.note(msg, pid=pid, phase="share-latents", rnd=0):
+                continue
             z, y = P.unpack_latents(
                 P.arrays(msg.content, P.LATENTS), latent_dim=cfg.latent_dim, num_classes=ds.num_classes
             )

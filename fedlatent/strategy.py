@@ -37,6 +37,29 @@ class Traffic:
 
 
 @dataclass
+class PrivacyLog:
+    """What clients reported of their DP accounting: latest epsilon spent, noise, refusals."""
+
+    epsilon: dict[int, float] = field(default_factory=dict)
+    noise_multiplier: dict[int, float] = field(default_factory=dict)
+    refusals: list[dict[str, object]] = field(default_factory=list)
+
+    def note(self, msg: Message, *, pid: int, phase: str, rnd: int) -> bool:
+        """Keep the reply's privacy metrics; return True when the client refused the round."""
+        metrics = msg.content.metric_records[P.METRICS]
+        if "epsilon-spent" in metrics:
+            self.epsilon[pid] = P.metric(msg.content, "epsilon-spent")
+        if "noise-multiplier" in metrics:
+            self.noise_multiplier[pid] = P.metric(msg.content, "noise-multiplier")
+        if "refused" not in metrics:
+            return False
+        refusal = {"phase": phase, "round": rnd, "partition": pid, "epsilon_spent": self.epsilon.get(pid, 0.0)}
+        log.warning("partition %s refused %s round %s: its privacy budget would be exceeded", pid, phase, rnd)
+        self.refusals.append(refusal)
+        return True
+
+
+@dataclass
 class ClientEval:
     """Per-round, per-partition accuracy reported by clients in federated evaluation."""
 
@@ -75,6 +98,7 @@ class RecordingFedAvg(FedAvg):
         num_clients: int,
         fraction_train: float = 1.0,
         federated_evaluation: bool = False,
+        privacy: PrivacyLog | None = None,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -85,6 +109,7 @@ class RecordingFedAvg(FedAvg):
         )
         self.phase, self.shapes, self.view, self.traffic = phase, dict(shapes), view, traffic
         self.client_eval = ClientEval()
+        self.privacy = privacy if privacy is not None else PrivacyLog()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -104,6 +129,8 @@ class RecordingFedAvg(FedAvg):
             if pid is None:
                 continue
             try:
+                if self.privacy.note(msg, pid=pid, phase=self.phase, rnd=server_round):
+                    continue
                 P.check_arrays(P.arrays(msg.content), self.shapes)
             except (P.PayloadError, KeyError, TypeError) as err:
                 log.warning("rejected %s update of partition %s: %s", self.phase, pid, err)

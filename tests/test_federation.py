@@ -163,3 +163,27 @@ def test_bad_config_value_fails_the_run_naming_the_key(link: LocalSuperLink, tmp
     with pytest.raises(FederationError, match="alpha"):
         link.run(app_dir(), run_config={**FAST, "alpha": -1.0, "out-dir": str(tmp_path)}, num_supernodes=2, timeout=300)
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "encoder", "extra", "end_to_end"),
+    [
+        ("raw", "public", {}, True),
+        ("latent-fedavg", "public", {}, True),
+        ("latent-share", "public", {"label-epsilon": 2.0}, True),
+        ("latent-fedavg", "local", {}, False),  # a private encoder trained without DP breaks the guarantee
+    ],
+)
+def test_dp_run_stays_within_budget(
+    link: LocalSuperLink, tmp_path: Path, mode: str, encoder: str, extra: dict[str, float], end_to_end: bool
+) -> None:
+    cfg = {**FAST, "mode": mode, "encoder": encoder, "epsilon": 3.0, "out-dir": str(tmp_path), **extra}
+    link.run(app_dir(), run_config=cfg, num_supernodes=2, timeout=900)
+    res = _results(tmp_path)
+    assert res["delta"] == 1e-5 and res["accountant"] == "rdp" and res["noise_multiplier"] > 0
+    assert set(res["epsilon_per_client"]) == {"0", "1"}
+    budget = 3.0 + extra.get("label-epsilon", 0.0)
+    assert all(0 < e <= budget for e in res["epsilon_per_client"].values()), res["epsilon_per_client"]
+    assert res["epsilon"] == max(res["epsilon_per_client"].values())
+    assert res["end_to_end_dp"] is end_to_end and not res["refusals"]
+    assert res["accuracy"] > 0.15, res  # DP at this size costs accuracy; it must still learn something

@@ -84,12 +84,13 @@ def test_results_json(finished):
     assert on_disk["wall_seconds"] == 1.5
     assert [row["round"] for row in on_disk["history"]] == [1, 2, 3]
     assert on_disk["fedlatent_version"] == __version__
-    # No DP exists yet: the privacy fields must say so.
+    # No DP in this run: the privacy fields must say so.
     assert on_disk["epsilon"] is None and on_disk["delta"] is None
     assert on_disk["end_to_end_dp"] is False
     assert on_disk["epsilon_per_client"] == {"0": None, "1": None, "2": None}
     assert on_disk["labels_in_clear"] is True
-    assert on_disk["config"] == cfg.to_run_config()
+    assert on_disk["config"] == {**cfg.to_run_config(), "epsilon": "inf", "label-epsilon": "inf"}
+    assert RunConfig.from_run_config(on_disk["config"]) == cfg  # the written config reloads exactly
     records = on_disk["records"]
     assert records["public"] == len(plan.public_idx)
     assert records["private"] == sum(records["per_client"]) == 300 - len(plan.public_idx)

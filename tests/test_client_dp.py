@@ -1,0 +1,105 @@
+"""Client-side DP: calibrated rounds fit the budget, the next one is refused, state persists."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from flwr.app import RecordDict
+
+from fedlatent import client_dp as dp
+from fedlatent.config import RunConfig
+from fedlatent.models import LatentClassifier
+from fedlatent.privacy import dp_sgd_epsilon
+from fedlatent.report import privacy_summary
+from fedlatent.strategy import PrivacyLog
+
+
+def cfg_of(**kw: object) -> RunConfig:
+    base = {"epsilon": 3.0, "rounds": 3, "local-epochs": 1, "batch-size": 16, "mode": "latent-fedavg"}
+    return RunConfig.from_run_config({**base, **kw})
+
+
+def blobs(n: int = 120) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 3
+    return torch.eye(32)[y] * 4 + 0.3 * torch.randn(n, 32, generator=g), y
+
+
+def test_plan_spends_the_budget_over_the_planned_rounds() -> None:
+    cfg = cfg_of()
+    plan = dp.plan_round(cfg, 120)
+    assert plan.sample_rate == pytest.approx(16 / 120)
+    eps = dp_sgd_epsilon(
+        noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps * cfg.rounds, delta=1e-5
+    )
+    assert 0.99 * 3.0 <= eps <= 3.0
+
+
+def test_delta_must_be_below_one_over_n() -> None:
+    with pytest.raises(ValueError, match="delta"):
+        dp.plan_round(cfg_of(delta=0.05), 100)
+
+
+def test_rounds_until_the_budget_is_spent_then_refusal_and_state_survives() -> None:
+    cfg = cfg_of()
+    x, y = blobs()
+    state = RecordDict()
+    spent = []
+    for rnd in range(cfg.rounds + 1):
+        ledger = dp.load_ledger(state, cfg)  # a fresh process each round: state is all that persists
+        model = LatentClassifier(latent_dim=32, num_classes=3)
+        before = [p.clone() for p in model.parameters()]
+        metrics, trained = dp.train_round(
+            model, x, y, cfg=cfg, ledger=ledger, generator=torch.Generator().manual_seed(rnd)
+        )
+        dp.save_ledger(state, ledger)
+        if rnd < cfg.rounds:
+            assert trained and "train-loss" not in metrics
+            spent.append(metrics["epsilon-spent"])
+        else:
+            assert not trained and metrics["refused"] == 1
+            assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert spent == sorted(spent) and spent[-1] <= cfg.epsilon
+    assert dp.load_ledger(state, cfg).spent() == pytest.approx(spent[-1])
+
+
+def test_latent_release_clips_adds_noise_and_releases_once() -> None:
+    cfg = cfg_of(mode="latent-share", epsilon=8.0, **{"latent-clip": 1.0, "label-epsilon": 2.0})
+    z, y = blobs(2000)
+    ledger = dp.load_ledger(RecordDict(), cfg)
+    released = dp.release_latents(
+        z, y, cfg=cfg, num_classes=3, ledger=ledger, generator=torch.Generator().manual_seed(1)
+    )
+    assert released is not None
+    noisy, labels, metrics = released
+    assert metrics["epsilon-spent"] == pytest.approx(ledger.spent() + 2.0) and ledger.spent() <= 8.0
+    assert (noisy - z / z.norm(dim=1, keepdim=True)).std().item() == pytest.approx(metrics["noise-std"], rel=0.05)
+    keep = math.exp(2.0) / (math.exp(2.0) + 2)
+    assert (labels == y).float().mean().item() == pytest.approx(keep, abs=0.04)
+    assert dp.release_latents(z, y, cfg=cfg, num_classes=3, ledger=ledger, generator=torch.Generator()) is None
+
+
+@pytest.mark.parametrize(
+    ("kw", "end_to_end"),
+    [
+        ({"mode": "raw"}, True),
+        ({"encoder": "public"}, True),
+        ({"encoder": "federated"}, False),
+        ({"encoder": "local"}, False),
+        ({"mode": "latent-share"}, False),  # labels in clear
+        ({"mode": "latent-share", "label-epsilon": 1.0}, True),
+        ({"epsilon": math.inf}, False),
+    ],
+)
+def test_end_to_end_dp_only_when_every_step_is_private(kw: dict[str, object], end_to_end: bool) -> None:
+    cfg = cfg_of(**{"num-clients": 2, **kw})
+    log = PrivacyLog(epsilon={0: 2.5, 1: 2.9})
+    summary = privacy_summary(cfg, log)
+    assert summary["end_to_end_dp"] is end_to_end
+    if cfg.dp:
+        assert summary["epsilon"] == 2.9 and summary["epsilon_per_client"] == {"0": 2.5, "1": 2.9}
+        assert ("NOT differential privacy" in summary["privacy_note"]) == (kw.get("encoder") in ("federated", "local"))
+    else:
+        assert summary["epsilon"] is None

@@ -93,16 +93,13 @@ def _federation(args: argparse.Namespace, num_clients: int) -> Iterator[LocalSup
 
 def run_one(link: LocalSuperLink | LocalDeployment, cfg: RunConfig, *, verbose: bool, timeout: float) -> dict[str, Any]:
     """Run one federation on ``link`` and return its ``results.json``."""
-    if isinstance(link, LocalDeployment):
-        result = link.run(app_dir(), run_config=cfg.to_run_config(), timeout=timeout, echo=_echo(verbose))
-    else:
-        result = link.run(
-            app_dir(),
-            run_config=cfg.to_run_config(),
-            num_supernodes=cfg.num_clients,
-            timeout=timeout,
-            echo=_echo(verbose),
-        )
+    result = link.run(
+        app_dir(),
+        run_config=cfg.to_run_config(),
+        num_supernodes=cfg.num_clients,
+        timeout=timeout,
+        echo=_echo(verbose),
+    )
     results_path = Path(cfg.out_dir) / "results.json"
     if not results_path.is_file():
         raise FederationError(f"run {result.run_id} finished but wrote no {results_path}")

@@ -212,10 +212,14 @@ class LocalDeployment:
         app_dir: Path,
         *,
         run_config: Mapping[str, ConfigValue],
+        num_supernodes: int | None = None,
         timeout: float = 3600.0,
         echo: Callable[[str], None] | None = None,
     ) -> FederationResult:
         """Run the Flower app in ``app_dir`` on this deployment and wait for it.
+
+        Same signature as ``LocalSuperLink.run``; ``num_supernodes``, when given, must equal
+        the deployment's SuperNode count (a deployment's nodes are fixed when it starts).
 
         Parameters
         ----------
@@ -240,6 +244,8 @@ class LocalDeployment:
         """
         if not self._nodes:
             raise RuntimeError("LocalDeployment.run() must be called inside its `with` block")
+        if num_supernodes is not None and num_supernodes != len(self._nodes):
+            raise ValueError(f"this deployment has {len(self._nodes)} SuperNodes, not {num_supernodes}")
         try:
             return self.link.stream_run(app_dir, run_config=run_config, timeout=timeout, echo=echo)
         except FederationError as err:

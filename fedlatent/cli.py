@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ from .deployment import LocalDeployment
 from .launcher import FederationError, LocalSuperLink
 
 ALIASES = {"num-clients": ["--clients"], "out-dir": ["--out"]}
+CLI_CLIENTS = 10  # clients the CLI starts when --clients is not given
 COMPARE_MODES = ("raw", "latent-fedavg", "latent-share")
 
 
@@ -40,7 +42,7 @@ def _add_config_options(parser: argparse.ArgumentParser, *, skip: Sequence[str] 
             type=(lambda s: s) if kind is bool else kind,
             default=None,
             metavar=kind.__name__.upper(),
-            help=f"{f.metadata['doc']} (default: {f.default!r})",
+            help=f"{f.metadata['doc']} (default: {CLI_CLIENTS if key == 'num-clients' else f.default!r})",
         )
     parser.add_argument("--verbose", action="store_true", help="show Flower's full log")
     parser.add_argument(
@@ -107,6 +109,9 @@ def run_one(link: LocalSuperLink | LocalDeployment, cfg: RunConfig, *, verbose: 
 
 
 def _config(overrides: dict[str, Any], default_out: str) -> RunConfig:
+    overrides.setdefault("num-clients", CLI_CLIENTS)
+    if int(overrides["num-clients"]) < 1:  # the CLI starts the SuperNodes, so it needs a count
+        raise ConfigError(f"config key 'num-clients' = {overrides['num-clients']!r}: must be >= 1")
     overrides.setdefault("out-dir", default_out)
     overrides["out-dir"] = str(Path(overrides["out-dir"]).expanduser().resolve())
     return RunConfig.from_run_config(overrides)
@@ -160,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedlatent`` console script."""
     args = build_parser().parse_args(argv)
+    # SIGTERM (e.g. a killed job) must unwind the with-blocks that stop the SuperLink and
+    # SuperNodes, or they would outlive the command.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return int(args.func(args))
     except ConfigError as err:

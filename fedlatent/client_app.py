@@ -18,6 +18,8 @@ In the latent modes no handler ever puts an image into a reply.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
@@ -36,8 +38,10 @@ ENCODER_STATE = "encoder"
 def _setup(context: Context) -> tuple[RunConfig, DataPlan, int]:
     cfg = RunConfig.from_run_config(context.run_config)
     pid = int(context.node_config["partition-id"])
-    n = int(context.node_config.get("num-partitions", cfg.num_clients))
-    if n != cfg.num_clients:
+    n = int(context.node_config.get("num-partitions", cfg.num_clients))  # type: ignore[arg-type]
+    if cfg.num_clients == 0:  # "every SuperNode": the federation says how many there are
+        cfg = dataclasses.replace(cfg, num_clients=n)
+    elif n != cfg.num_clients:
         raise ValueError(f"federation has {n} SuperNodes but config num-clients = {cfg.num_clients}")
     return cfg, make_plan(cfg), pid
 

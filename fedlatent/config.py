@@ -70,7 +70,7 @@ class RunConfig:
     max_train: int = _key(0, _at_least(0), "cap on training records (0 = all)")
     mode: str = _key("latent-fedavg", _choice(MODES), "raw | latent-fedavg | latent-share")
     encoder: str = _key("public", _choice(ENCODERS), "public | federated | local")
-    num_clients: int = _key(10, _at_least(1), "number of clients (SuperNodes)")
+    num_clients: int = _key(0, _at_least(0), "number of clients (0 = every SuperNode of the federation)")
     rounds: int = _key(10, _at_least(1), "federated rounds of the classifier")
     partition: str = _key("iid", _choice(PARTITIONS), "iid | dirichlet | shards")
     alpha: float = _key(0.5, _positive, "Dirichlet concentration")

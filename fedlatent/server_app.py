@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -39,6 +40,8 @@ def main(grid: Grid, context: Context) -> None:
     _log_to_stream()
     start = time.time()
     cfg = RunConfig.from_run_config(context.run_config)
+    nodes = wait_for_nodes(grid, cfg.num_clients)
+    cfg = dataclasses.replace(cfg, num_clients=len(nodes))  # num-clients 0: every SuperNode
     out = run_directory(cfg)
     log.info("fedlatent run -> %s", out)
     plan = make_plan(cfg)
@@ -46,7 +49,6 @@ def main(grid: Grid, context: Context) -> None:
     view = ServerView(out / "server_view", settings=jsonable(cfg.to_run_config()))
     view.public_index(plan.public_idx)
     traffic = Traffic()
-    nodes = wait_for_nodes(grid, cfg.num_clients)
 
     encoder = encoder_phase(grid, nodes, cfg, plan, view, traffic) if cfg.is_latent else None
     if cfg.mode == "latent-share":
@@ -75,14 +77,19 @@ def _log_to_stream() -> None:
         log.propagate = False
 
 
-def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0) -> list[int]:
-    """Block until ``n`` SuperNodes are connected; fail clearly if they never come."""
+def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0, settle: float = 3.0) -> list[int]:
+    """Block until ``n`` SuperNodes are connected (``n = 0``: all, once their count settles)."""
     deadline = time.time() + timeout
-    while (nodes := sorted(grid.get_node_ids())) and len(nodes) < n or not nodes:
+    seen, since = -1, time.time()
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) != seen:
+            seen, since = len(nodes), time.time()
+        if (n and len(nodes) >= n) or (not n and nodes and time.time() - since >= settle):
+            return nodes[:n] if n else nodes
         if time.time() > deadline:
             raise TimeoutError(f"only {len(nodes)} of num-clients={n} SuperNodes connected in {timeout:.0f}s")
         time.sleep(0.5)
-    return nodes[:n]
 
 
 def broadcast(grid: Grid, nodes: list[int], message_type: str, content: RecordDict, traffic: Traffic) -> list[Message]:

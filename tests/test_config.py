@@ -62,7 +62,7 @@ def test_unknown_key_is_named():
         ("alpha", float("nan")),
         ("alpha", "nan"),
         ("alpha", float("inf")),
-        ("num-clients", 0),
+        ("num-clients", -1),
         ("public-fraction", 1.0),
         ("public-fraction", -0.1),
         ("lr", -1),

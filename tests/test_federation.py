@@ -187,3 +187,11 @@ def test_dp_run_stays_within_budget(
     assert res["epsilon"] == max(res["epsilon_per_client"].values())
     assert res["end_to_end_dp"] is end_to_end and not res["refusals"]
     assert res["accuracy"] > 0.15, res  # DP at this size costs accuracy; it must still learn something
+
+
+def test_num_clients_zero_uses_every_supernode(link: LocalSuperLink, tmp_path: Path) -> None:
+    cfg = {**FAST, "num-clients": 0, "mode": "raw", "out-dir": str(tmp_path)}
+    link.run(app_dir(), run_config=cfg, num_supernodes=3, timeout=600)
+    res = _results(tmp_path)
+    assert res["num_clients"] == 3 and len(res["records"]["per_client"]) == 3
+    assert len(list((tmp_path / "private_index").glob("client_*.npy"))) == 3

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from contract import RESULT_FIELDS
 
 from fedlatent.cli import app_dir
 from fedlatent.config import RunConfig
@@ -35,25 +36,6 @@ FAST = {
 COMBOS = [("raw", "public")] + [
     (m, e) for m in ("latent-fedavg", "latent-share") for e in ("public", "federated", "local")
 ]
-RESULT_FIELDS = {
-    "mode",
-    "encoder",
-    "dataset",
-    "num_clients",
-    "rounds",
-    "partition",
-    "accuracy",
-    "epsilon",
-    "epsilon_per_client",
-    "delta",
-    "end_to_end_dp",
-    "bytes_uploaded",
-    "bytes_downloaded",
-    "wall_seconds",
-    "history",
-    "seed",
-    "fedlatent_version",
-}
 
 
 @pytest.fixture(scope="module")

@@ -7,31 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from contract import RESULT_FIELDS
 
 from fedlatent import __version__
 from fedlatent.config import RunConfig
 from fedlatent.plan import make_plan
 from fedlatent.report import RunRecord, run_directory
 
-REQUIRED = [
-    "mode",
-    "encoder",
-    "dataset",
-    "num_clients",
-    "rounds",
-    "partition",
-    "accuracy",
-    "epsilon",
-    "epsilon_per_client",
-    "delta",
-    "end_to_end_dp",
-    "bytes_uploaded",
-    "bytes_downloaded",
-    "wall_seconds",
-    "history",
-    "seed",
-    "fedlatent_version",
-]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -73,7 +55,7 @@ def test_results_json(finished):
     cfg, plan, out, results = finished
     on_disk = json.loads((out / "results.json").read_text())  # strict JSON: no NaN
     assert on_disk == json.loads(json.dumps(results))
-    missing = [k for k in REQUIRED if k not in on_disk]
+    missing = [k for k in RESULT_FIELDS if k not in on_disk]
     assert not missing
     assert on_disk["mode"] == "latent-share" and on_disk["encoder"] == "public"
     assert on_disk["dataset"] == "digits" and on_disk["num_clients"] == 3 and on_disk["rounds"] == 3

@@ -1,0 +1,145 @@
+"""What an attacker holds, and (kept apart) what the attacks are scored against.
+
+``AttackerView`` is built from a run directory's ``server_view/`` and the public split, and
+from nothing else: every attack takes one as its only source of data (breaching-style, the
+interface enforces the threat model). It holds the public (aux) records, the test split the
+server evaluates on, the frozen encoder the server knows (``public``/``federated``), the final
+classifier, every accepted upload and broadcast, and the shared latents.
+
+``Truth`` reads ``private_index/`` and is used only by the scoring code in
+``fedlatent.attacks.run`` to compare reconstructions with the records they came from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..data import load_dataset
+from ..models import Encoder
+from ..plan import build_classifier
+from ..privacy import latent_noise_std
+from ..server_view import load_server_view
+
+_UPLOAD = re.compile(r"received/(?P<phase>[a-z-]+)-r(?P<rnd>\d+)-p(?P<pid>\d+)\.npz")
+_SENT = re.compile(r"sent/(?P<phase>[a-z-]+)-r(?P<rnd>\d+)\.npz")
+_LATENTS = re.compile(r"latents/p(?P<pid>\d+)\.npz")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One accepted weight upload and the global weights it started from."""
+
+    phase: str
+    rnd: int
+    partition: int
+    weights: dict[str, np.ndarray]
+    start: dict[str, np.ndarray] | None  # what the server sent that round (None: not recorded)
+
+
+@dataclass(eq=False)
+class AttackerView:
+    """Everything the honest-but-curious server holds after a run (see module docstring)."""
+
+    cfg: RunConfig
+    aux_x: np.ndarray
+    aux_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+    encoder_state: dict[str, np.ndarray] | None
+    final_state: dict[str, np.ndarray]
+    uploads: list[Upload] = field(default_factory=list)
+    latents: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Shape of one image, (C, H, W)."""
+        c, h, w = self.aux_x.shape[1:]
+        return (int(c), int(h), int(w))
+
+    def encoder(self) -> Encoder | None:
+        """The frozen encoder the server knows (None for ``local`` encoders or ``raw``)."""
+        if self.encoder_state is None:
+            return None
+        enc = Encoder(image_shape=self.image_shape, latent_dim=self.cfg.latent_dim, arch=self.cfg.ae_arch)
+        enc.load_state_dict({k: torch.from_numpy(v) for k, v in self.encoder_state.items()})
+        return enc.eval()
+
+    def classifier(self, state: dict[str, np.ndarray] | None = None) -> nn.Module:
+        """The run's classifier architecture with the final (or the given) weights."""
+        from ..data import Dataset
+
+        ds = Dataset("aux", self.aux_x[:1], self.aux_y[:1], self.test_x[:1], self.test_y[:1], self.num_classes)
+        model = build_classifier(self.cfg, ds)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in (state or self.final_state).items()})
+        return model.eval()
+
+    def latent_noise_std(self) -> float:
+        """The per-coordinate std of the latent release (0 without DP): a public setting."""
+        cfg = self.cfg
+        if cfg.mode != "latent-share" or not cfg.dp:
+            return 0.0
+        return latent_noise_std(epsilon=cfg.epsilon, delta=cfg.delta, clip=cfg.latent_clip, accountant=cfg.accountant)
+
+
+def load_attacker_view(run_dir: str | Path) -> AttackerView:
+    """Build the attacker's view of a finished run from ``run_dir/server_view`` + public data.
+
+    The data set is loaded to take the public split (indices in ``public_index.npy``) and the
+    test split; the private records are dropped before this function returns.
+    """
+    raw = load_server_view(Path(run_dir) / "server_view")
+    cfg = RunConfig.from_run_config(raw["manifest"]["settings"])
+    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir or None, download=False, max_train=cfg.max_train)
+    public = np.asarray(raw["public_index"])
+    sent = {(m["phase"], int(m["rnd"])): raw[rel] for rel in raw if (m := _SENT.fullmatch(rel))}
+    uploads = []
+    for rel in sorted(raw):
+        if m := _UPLOAD.fullmatch(rel):
+            phase, rnd = m["phase"], int(m["rnd"])
+            uploads.append(Upload(phase, rnd, int(m["pid"]), raw[rel], sent.get((phase, rnd))))
+    latents = {
+        int(m["pid"]): (raw[rel]["latents"], raw[rel]["labels"]) for rel in raw if (m := _LATENTS.fullmatch(rel))
+    }
+    return AttackerView(
+        cfg=cfg,
+        aux_x=ds.x_train[public].copy(),
+        aux_y=ds.y_train[public].copy(),
+        test_x=ds.x_test,
+        test_y=ds.y_test,
+        num_classes=ds.num_classes,
+        encoder_state=raw.get("encoder.npz"),
+        final_state=raw["final_model.npz"],
+        uploads=uploads,
+        latents=latents,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Truth:
+    """The clients' private records, for scoring attacks only (never passed to one)."""
+
+    client_x: dict[int, np.ndarray]
+    client_y: dict[int, np.ndarray]
+
+
+def load_truth(run_dir: str | Path) -> Truth:
+    """Private records of every client, from ``private_index/`` and the data set."""
+    run_dir = Path(run_dir)
+    settings = json.loads((run_dir / "server_view" / "manifest.json").read_text())["settings"]
+    cfg = RunConfig.from_run_config(settings)
+    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir or None, download=False, max_train=cfg.max_train)
+    xs, ys = {}, {}
+    for path in sorted((run_dir / "private_index").glob("client_*.npy")):
+        pid = int(path.stem.split("_")[1])
+        idx = np.load(path)
+        xs[pid], ys[pid] = ds.x_train[idx], ds.y_train[idx]
+    return Truth(client_x=xs, client_y=ys)

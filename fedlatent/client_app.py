@@ -62,6 +62,8 @@ def train(msg: Message, context: Context) -> Message:
     if config.get("phase") == P.PHASE_ENCODER:
         ae = P.load_arrays(build_autoencoder(cfg, plan.dataset), P.arrays(msg.content))
         gen = generator(cfg, pid, rnd, 0)
+        if cfg.encoder_dp:
+            return _train_private(msg, context, cfg, ae, x, y, pid, gen, phase=P.PHASE_ENCODER)
         loss = train_autoencoder(ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
         model = ae
     else:
@@ -86,10 +88,12 @@ def _train_private(
     y: torch.Tensor,
     pid: int,
     gen: torch.Generator,
+    *,
+    phase: str = P.PHASE_CLASSIFIER,
 ) -> Message:
     """A DP-SGD round, or a refusal when the round would overspend the client's budget."""
     ledger = dp.load_ledger(context.state, cfg)
-    metrics, trained = dp.train_round(model, x, y, cfg=cfg, ledger=ledger, generator=gen)
+    metrics, trained = dp.train_round(model, x, y, cfg=cfg, ledger=ledger, generator=gen, phase=phase)
     dp.save_ledger(context.state, ledger)
     metrics.update({"num-examples": len(x), "partition-id": pid})
     return P.reply(msg, metrics=metrics, arrays={P.ARRAYS: P.module_to_arrays(model)} if trained else None)

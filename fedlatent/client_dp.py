@@ -20,6 +20,7 @@ from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
 from .config import RunConfig
+from .payloads import PHASE_CLASSIFIER, PHASE_ENCODER
 from .privacy import (
     Ledger,
     calibrate_noise_multiplier,
@@ -29,7 +30,7 @@ from .privacy import (
     latent_noise_std,
     randomized_response,
 )
-from .training import classification_loss
+from .training import classification_loss, record_reconstruction_loss
 
 LEDGER_STATE = "dp-ledger"
 
@@ -55,38 +56,54 @@ def save_ledger(state: RecordDict, ledger: Ledger) -> None:
     state[LEDGER_STATE] = ConfigRecord(ledger.to_config())  # type: ignore[arg-type]
 
 
-def plan_round(cfg: RunConfig, num_records: int) -> DPPlan:
-    """Noise calibrated so that all ``cfg.rounds`` planned rounds together cost ``cfg.epsilon``."""
+def plan_round(cfg: RunConfig, num_records: int, *, phase: str = PHASE_CLASSIFIER) -> DPPlan:
+    """Noise calibrated so that all planned rounds of ``phase`` together cost its share of ``epsilon``.
+
+    The encoder phase (a DP federated encoder) gets ``encoder-epsilon`` over ``encoder-rounds``
+    rounds of ``ae-epochs``; the classifier gets the rest of ``epsilon`` over ``rounds`` rounds
+    of ``local-epochs``. The ledger composes both with the accountant, which is never more
+    than the sum of the parts, so the split cannot overspend.
+    """
     if cfg.delta >= 1.0 / num_records:
         raise ValueError(f"delta={cfg.delta} is not below 1/n = {1 / num_records:.2e} for this client's data")
+    encoder = phase == PHASE_ENCODER
     rate = min(1.0, cfg.batch_size / num_records)
-    steps = dp_steps(epochs=cfg.local_epochs, sample_rate=rate)
+    steps = dp_steps(epochs=cfg.ae_epochs if encoder else cfg.local_epochs, sample_rate=rate)
     z = calibrate_noise_multiplier(
-        target_epsilon=cfg.epsilon,
+        target_epsilon=cfg.encoder_epsilon if encoder else cfg.classifier_epsilon,
         delta=cfg.delta,
         sample_rate=rate,
-        steps=steps * cfg.rounds,
+        steps=steps * (cfg.encoder_rounds if encoder else cfg.rounds),
         accountant=cfg.accountant,
     )
     return DPPlan(noise_multiplier=z, sample_rate=rate, steps=steps)
 
 
 def train_round(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: RunConfig, ledger: Ledger, generator: torch.Generator
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    cfg: RunConfig,
+    ledger: Ledger,
+    generator: torch.Generator,
+    phase: str = PHASE_CLASSIFIER,
 ) -> tuple[dict[str, float], bool]:
-    """One DP-SGD round if the budget allows; return ``(metrics, trained)``.
+    """One DP-SGD round of ``phase`` if the budget allows; return ``(metrics, trained)``.
 
-    The metrics carry no training loss: it is computed on private records without noise.
+    ``phase`` is the classifier (``model`` a classifier, cross-entropy on ``y``) or the
+    encoder (``model`` the autoencoder, reconstruction of ``x``). The metrics carry no
+    training loss: it is computed on private records without noise.
     """
-    plan = plan_round(cfg, len(x))
+    plan = plan_round(cfg, len(x), phase=phase)
     if not ledger.can_afford(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps):
         return {"refused": 1, "epsilon-spent": ledger.spent()}, False
     _, steps, rate = dp_fit(
         model,
         x,
         y,
-        loss_fn=classification_loss,
-        epochs=cfg.local_epochs,
+        loss_fn=record_reconstruction_loss if phase == PHASE_ENCODER else classification_loss,
+        epochs=cfg.ae_epochs if phase == PHASE_ENCODER else cfg.local_epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         noise_multiplier=plan.noise_multiplier,
@@ -107,7 +124,9 @@ def release_latents(
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]] | None:
     """Clip + Gaussian noise on latents, randomized response on labels; None if over budget."""
-    std = latent_noise_std(epsilon=cfg.epsilon, delta=cfg.delta, clip=cfg.latent_clip, accountant=cfg.accountant)
+    std = latent_noise_std(
+        epsilon=cfg.classifier_epsilon, delta=cfg.delta, clip=cfg.latent_clip, accountant=cfg.accountant
+    )
     z = std / (2 * cfg.latent_clip)  # noise in units of the replacement sensitivity 2C
     if not ledger.can_afford(noise_multiplier=z, sample_rate=1.0, steps=1):
         return None

@@ -92,6 +92,11 @@ class RunConfig:
     accountant: str = _key("rdp", _choice(ACCOUNTANTS), "privacy accountant: rdp | prv")
     latent_clip: float = _key(1.0, _positive, "latent-share: L2 clip of each released latent")
     label_epsilon: float = _key(math.inf, _budget, "latent-share: randomized-response epsilon (inf = labels in clear)")
+    encoder_epsilon: float = _key(
+        math.inf, _budget, "federated encoder: DP-SGD budget taken out of epsilon (inf = encoder not DP)"
+    )
+    client_dp_noise: float = _key(0.0, _at_least(0.0), "client-level DP noise multiplier, server side (0 = off)")
+    client_dp_clip: float = _key(1.0, _positive, "client-level DP: L2 clip of each client's update")
     out_dir: str = _key("", None, "run directory ('' = runs/<time>-<mode>-<encoder>)")
 
     @classmethod
@@ -122,7 +127,22 @@ class RunConfig:
             if verdict is not True:
                 raise ConfigError(f"config key '{key}' = {raw!r}: {verdict}")
             values[f.name] = value
-        return cls(**values)
+        cfg = cls(**values)
+        cfg._check_combination()
+        return cfg
+
+    def _check_combination(self) -> None:
+        """Rules between keys (each value is already valid on its own)."""
+        if math.isfinite(self.encoder_epsilon):
+            if self.encoder != "federated" or self.mode == "raw":
+                raise ConfigError("config key 'encoder-epsilon' applies only to a latent mode with encoder=federated")
+            if not self.encoder_epsilon < self.epsilon:
+                raise ConfigError(
+                    f"config key 'encoder-epsilon' = {self.encoder_epsilon} must be below 'epsilon' = {self.epsilon}: "
+                    "it is the part of each client's budget spent on the encoder"
+                )
+        if self.client_dp_noise > 0 and self.mode == "latent-share":
+            raise ConfigError("config key 'client-dp-noise' applies to weight updates (raw, latent-fedavg) only")
 
     def to_run_config(self) -> dict[str, Any]:
         """The inverse of ``from_run_config``: a flat kebab-case mapping."""
@@ -132,6 +152,16 @@ class RunConfig:
     def dp(self) -> bool:
         """True when record-level differential privacy is on (finite ``epsilon``)."""
         return math.isfinite(self.epsilon)
+
+    @property
+    def encoder_dp(self) -> bool:
+        """True when the federated encoder is trained with DP-SGD (part of ``epsilon``)."""
+        return math.isfinite(self.encoder_epsilon)
+
+    @property
+    def classifier_epsilon(self) -> float:
+        """The part of ``epsilon`` left for the classifier or the release (basic composition)."""
+        return self.epsilon - self.encoder_epsilon if self.encoder_dp else self.epsilon
 
     @property
     def is_latent(self) -> bool:

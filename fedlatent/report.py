@@ -109,7 +109,7 @@ def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
             "privacy_note": "No differential privacy in this run: epsilon is null and there is no formal guarantee.",
         }
     per_client = {str(i): privacy.epsilon.get(i, 0.0) for i in range(cfg.num_clients)}
-    encoder_ok = cfg.mode == "raw" or cfg.encoder == "public"
+    encoder_ok = cfg.mode == "raw" or cfg.encoder == "public" or cfg.encoder_dp
     end_to_end = encoder_ok and not labels_in_clear
     notes = [
         "epsilon: record-level ("
@@ -120,6 +120,11 @@ def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
         )
         + f") per client, composed over every round it took part in, {cfg.accountant} accountant, delta={cfg.delta}."
     ]
+    if cfg.encoder_dp:
+        notes.append(
+            f"It includes the federated encoder's DP-SGD (encoder-epsilon={cfg.encoder_epsilon} planned, composed "
+            "in the same accountant as the rest)."
+        )
     if cfg.mode == "latent-share" and not labels_in_clear:
         notes.append(f"It includes label-epsilon={cfg.label_epsilon} of randomized response (basic composition).")
     if labels_in_clear:

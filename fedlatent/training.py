@@ -29,6 +29,17 @@ def reconstruction_loss(model: nn.Module, x: torch.Tensor, _: torch.Tensor) -> t
     return nn.functional.binary_cross_entropy(model(x), x)
 
 
+def record_reconstruction_loss(model: nn.Module, x: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy summed over each record's pixels, averaged over records.
+
+    Same minimum as ``reconstruction_loss``, but each record's gradient is not divided by
+    the pixel count: under DP-SGD that division would shrink the signal far below the
+    clipping norm, and so below the noise.
+    """
+    per_pixel = nn.functional.binary_cross_entropy(model(x), x, reduction="none")
+    return per_pixel.flatten(1).sum(1).mean()
+
+
 class Batches:
     """Shuffled minibatches of in-memory tensors, reshuffled on every pass.
 

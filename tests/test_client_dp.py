@@ -87,6 +87,8 @@ def test_latent_release_clips_adds_noise_and_releases_once() -> None:
         ({"mode": "raw"}, True),
         ({"encoder": "public"}, True),
         ({"encoder": "federated"}, False),
+        ({"encoder": "federated", "encoder-epsilon": 1.0}, True),
+        ({"mode": "latent-share", "encoder": "federated", "encoder-epsilon": 1.0, "label-epsilon": 1.0}, True),
         ({"encoder": "local"}, False),
         ({"mode": "latent-share"}, False),  # labels in clear
         ({"mode": "latent-share", "label-epsilon": 1.0}, True),
@@ -100,6 +102,56 @@ def test_end_to_end_dp_only_when_every_step_is_private(kw: dict[str, object], en
     assert summary["end_to_end_dp"] is end_to_end
     if cfg.dp:
         assert summary["epsilon"] == 2.9 and summary["epsilon_per_client"] == {"0": 2.5, "1": 2.9}
-        assert ("NOT differential privacy" in summary["privacy_note"]) == (kw.get("encoder") in ("federated", "local"))
+        encoder_not_dp = not end_to_end and kw.get("mode") != "latent-share"
+        assert ("NOT differential privacy" in summary["privacy_note"]) == encoder_not_dp
     else:
         assert summary["epsilon"] is None
+
+
+def test_dp_encoder_rounds_spend_encoder_epsilon_and_leave_the_rest() -> None:
+    from fedlatent.models import Autoencoder
+    from fedlatent.payloads import PHASE_ENCODER
+
+    cfg = cfg_of(**{"encoder": "federated", "encoder-epsilon": 1.0, "encoder-rounds": 2, "ae-epochs": 1})
+    assert cfg.encoder_dp and cfg.classifier_epsilon == pytest.approx(2.0)
+    ledger = dp.load_ledger(RecordDict(), cfg)
+    x = torch.rand(120, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.zeros(120, dtype=torch.long)
+    ae = Autoencoder(image_shape=(1, 8, 8), latent_dim=4)
+    before = [p.clone() for p in ae.parameters()]
+    for rnd in range(cfg.encoder_rounds):
+        metrics, trained = dp.train_round(
+            ae, x, y, cfg=cfg, ledger=ledger, generator=torch.Generator().manual_seed(rnd), phase=PHASE_ENCODER
+        )
+        assert trained and metrics["epsilon-spent"] <= 1.0
+    assert 0.99 <= ledger.spent() <= 1.0  # the encoder's share, calibrated, never above
+    assert any(not torch.equal(a, b) for a, b in zip(before, ae.parameters(), strict=True))
+    xs, ys = blobs()
+    model = LatentClassifier(latent_dim=32, num_classes=3)
+    for rnd in range(cfg.rounds):  # the classifier's rounds fit what is left
+        _, trained = dp.train_round(model, xs, ys, cfg=cfg, ledger=ledger, generator=torch.Generator().manual_seed(rnd))
+        assert trained
+    assert ledger.spent() <= 3.0
+    # Unplanned extra encoder rounds fit while the composed total does (RDP composes below the
+    # sum of the shares); book them without training, then the next real one is refused.
+    plan = dp.plan_round(cfg, len(x), phase=PHASE_ENCODER)
+    event = {"noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps}
+    while ledger.can_afford(**event):
+        ledger.record(**event)
+    spent = ledger.spent()
+    assert spent <= 3.0
+    metrics, trained = dp.train_round(
+        ae, x, y, cfg=cfg, ledger=ledger, generator=torch.Generator().manual_seed(9), phase=PHASE_ENCODER
+    )
+    assert not trained and metrics["refused"] == 1 and ledger.spent() == spent
+
+
+def test_encoder_epsilon_rules() -> None:
+    from fedlatent.config import ConfigError
+
+    with pytest.raises(ConfigError, match="encoder-epsilon"):
+        cfg_of(**{"encoder": "public", "encoder-epsilon": 1.0})
+    with pytest.raises(ConfigError, match="below 'epsilon'"):
+        cfg_of(**{"encoder": "federated", "encoder-epsilon": 3.0})
+    with pytest.raises(ConfigError, match="client-dp-noise"):
+        cfg_of(**{"mode": "latent-share", "client-dp-noise": 1.0})

@@ -75,7 +75,7 @@ def train(msg: Message, context: Context) -> Message:
         loss = train_classifier(
             model, inputs, y, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen
         )
-    metrics = {"num-examples": len(x), "train-loss": loss, "partition-id": pid}
+    metrics = {"num-examples": len(x), P.UNIT_WEIGHT: 1, "train-loss": loss, "partition-id": pid}
     return P.reply(msg, metrics=metrics, arrays={P.ARRAYS: P.module_to_arrays(model)})
 
 
@@ -95,7 +95,7 @@ def _train_private(
     ledger = dp.load_ledger(context.state, cfg)
     metrics, trained = dp.train_round(model, x, y, cfg=cfg, ledger=ledger, generator=gen, phase=phase)
     dp.save_ledger(context.state, ledger)
-    metrics.update({"num-examples": len(x), "partition-id": pid})
+    metrics.update({"num-examples": len(x), P.UNIT_WEIGHT: 1, "partition-id": pid})
     return P.reply(msg, metrics=metrics, arrays={P.ARRAYS: P.module_to_arrays(model)} if trained else None)
 
 

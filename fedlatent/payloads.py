@@ -27,6 +27,10 @@ M = TypeVar("M", bound=nn.Module)
 
 ARRAYS, CONFIG, METRICS, LATENTS = "arrays", "config", "metrics", "latents"
 
+# Metric every train reply carries with value 1: the weight of uniform averaging, which
+# client-level DP needs (one client's influence on the mean must not depend on its size).
+UNIT_WEIGHT = "unit-weight"
+
 # Phases of the ServerApp, sent as config["phase"] so one @train handler serves both.
 PHASE_ENCODER, PHASE_CLASSIFIER = "encoder", "classifier"
 

@@ -21,6 +21,7 @@ import numpy as np
 from . import __version__
 from .config import RunConfig
 from .plan import DataPlan
+from .privacy import compose_epsilon
 from .strategy import PrivacyLog
 
 
@@ -63,6 +64,7 @@ class RunRecord:
             "accuracy": self.accuracy,
             "accuracy_per_client": _str_keys(self.client_accuracy),
             **privacy_summary(cfg, self.privacy),
+            "client_level_dp": client_level_summary(cfg, self.privacy),
             "bytes_uploaded": bytes_up,
             "bytes_downloaded": bytes_down,
             "wall_seconds": seconds,
@@ -146,6 +148,35 @@ def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
         "labels_in_clear": labels_in_clear,
         "refusals": privacy.refusals,
         "privacy_note": " ".join(notes),
+    }
+
+
+def client_level_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any] | None:
+    """Client-level DP of the global model (Flower's server-side clipping), or None when off.
+
+    Each released round is a Gaussian mechanism on the mean of clipped updates, with the
+    effective multiplier of that round; they compose without any subsampling amplification
+    (Flower samples a fixed number of clients, not Poisson), which can only overstate ε.
+    """
+    if cfg.client_dp_noise <= 0:
+        return None
+    releases = list(privacy.client_level or [])
+    events = [(z, 1.0, 1) for z in releases]
+    eps = compose_epsilon(events, delta=cfg.delta, accountant=cfg.accountant) if events else 0.0
+    return {
+        "epsilon": eps,
+        "delta": cfg.delta,
+        "accountant": cfg.accountant,
+        "noise_multiplier": cfg.client_dp_noise,
+        "clip": cfg.client_dp_clip,
+        "releases": len(releases),
+        "effective_noise_multipliers": releases,
+        "note": (
+            "client-level (one client's whole data set, add/remove) DP of the global models, by Flower's "
+            "DifferentialPrivacyServerSideFixedClipping. The server adds the noise after receiving every "
+            "individual update, so this protects against whoever sees the global models (clients, users of "
+            "the final model), NOT against the server; against the server only the record-level epsilon holds."
+        ),
     }
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from . import payloads as P
 from .config import RunConfig
@@ -27,7 +28,7 @@ from .models import Encoder
 from .plan import DataPlan, build_autoencoder, build_classifier, generator, make_plan
 from .report import RunRecord, jsonable, run_directory
 from .server_view import ServerView
-from .strategy import RecordingFedAvg, Traffic, accept
+from .strategy import ClientLevelDP, RecordingFedAvg, Traffic, accept
 from .training import encode, evaluate, train_autoencoder, train_classifier
 
 app = ServerApp()
@@ -166,8 +167,13 @@ def fedavg_phase(
         fraction_train=cfg.fraction_train,
         federated_evaluation=not central,
         privacy=record.privacy,
+        weighted_by_key=P.UNIT_WEIGHT if cfg.client_dp_noise > 0 else "num-examples",
     )
-    result = strategy.start(
+    runner: Strategy = strategy
+    if cfg.client_dp_noise > 0:
+        runner = ClientLevelDP(strategy, noise_multiplier=cfg.client_dp_noise, clipping_norm=cfg.client_dp_clip)
+        record.privacy.client_level = runner.multipliers  # filled in as rounds are released
+    result = runner.start(
         grid=grid,
         initial_arrays=P.module_to_arrays(model),
         num_rounds=cfg.rounds,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
 from . import payloads as P
 from .server_view import ServerView
@@ -43,6 +43,7 @@ class PrivacyLog:
     epsilon: dict[int, float] = field(default_factory=dict)
     noise_multiplier: dict[int, float] = field(default_factory=dict)
     refusals: list[dict[str, object]] = field(default_factory=list)
+    client_level: list[float] | None = None  # effective multiplier of each client-level DP release
 
     def note(self, msg: Message, *, pid: int, phase: str, rnd: int) -> bool:
         """Keep the reply's privacy metrics; return True when the client refused the round."""
@@ -99,8 +100,10 @@ class RecordingFedAvg(FedAvg):
         fraction_train: float = 1.0,
         federated_evaluation: bool = False,
         privacy: PrivacyLog | None = None,
+        weighted_by_key: str = "num-examples",
     ) -> None:
         super().__init__(
+            weighted_by_key=weighted_by_key,
             fraction_train=fraction_train,
             fraction_evaluate=1.0 if federated_evaluation else 0.0,
             min_train_nodes=max(1, round(fraction_train * num_clients)),
@@ -109,6 +112,7 @@ class RecordingFedAvg(FedAvg):
         )
         self.phase, self.shapes, self.view, self.traffic = phase, dict(shapes), view, traffic
         self.client_eval = ClientEval()
+        self.screened = False  # True while a wrapper hands over replies it has screened already
         self.privacy = privacy if privacy is not None else PrivacyLog()
 
     def configure_train(
@@ -122,7 +126,15 @@ class RecordingFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate only the replies that pass the checks; record each one."""
+        """Aggregate only the replies that pass the checks (``screen``)."""
+        accepted = list(replies) if self.screened else self.screen(server_round, replies)
+        if not accepted:
+            log.warning("round %s of %s: no valid update; the global model is kept", server_round, self.phase)
+            return None, None
+        return super().aggregate_train(server_round, accepted)
+
+    def screen(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The replies that pass the checks; each one is recorded, each rejection logged."""
         accepted = []
         for msg in replies:
             pid = accept(msg, phase=self.phase, rnd=server_round, view=self.view, traffic=self.traffic)
@@ -138,10 +150,7 @@ class RecordingFedAvg(FedAvg):
                 continue
             self.view.received(self.phase, server_round, pid, P.arrays(msg.content))
             accepted.append(msg)
-        if not accepted:
-            log.warning("round %s of %s: no valid update; the global model is kept", server_round, self.phase)
-            return None, None
-        return super().aggregate_train(server_round, accepted)
+        return accepted
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -164,3 +173,37 @@ class RecordingFedAvg(FedAvg):
                 continue
             accepted.append(msg)
         return super().aggregate_evaluate(server_round, accepted) if accepted else None
+
+
+class ClientLevelDP(DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed-clipping DP, fed only replies that passed fedlatent's checks.
+
+    Flower clips each update to ``clipping_norm`` around the global model, averages (with
+    equal weights: the inner strategy weighs by ``UNIT_WEIGHT``) and adds Gaussian noise of
+    std ``noise_multiplier * clipping_norm / num_sampled_clients``. When fewer updates than
+    planned arrive (refusals, rejections) that noise is smaller relative to one client's
+    influence; ``multipliers`` keeps the effective multiplier of every release so that the
+    accounting (``client_level_epsilon``) uses what really happened.
+    """
+
+    def __init__(self, strategy: RecordingFedAvg, *, noise_multiplier: float, clipping_norm: float) -> None:
+        super().__init__(strategy, noise_multiplier, clipping_norm, strategy.min_train_nodes)
+        self.inner = strategy
+        self.multipliers: list[float] = []
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Screen the replies, then clip, average and noise them the Flower way."""
+        accepted = self.inner.screen(server_round, replies)
+        if not accepted:
+            log.warning("round %s: no valid update; nothing released", server_round)
+            return None, None
+        self.inner.screened = True
+        try:
+            arrays, metrics = super().aggregate_train(server_round, accepted)
+        finally:
+            self.inner.screened = False
+        if arrays is not None:
+            self.multipliers.append(self.noise_multiplier * len(accepted) / self.num_sampled_clients)
+        return arrays, metrics

@@ -85,3 +85,45 @@ def test_federated_evaluation_keeps_each_clients_accuracy(strategy) -> None:
     agg = strategy.aggregate_evaluate(2, [ev(1, 0, 0.8), ev(2, 1, 0.6), ev(3, 2, float("nan"))])
     assert strategy.client_eval.rounds[2] == {0: 0.8, 1: 0.6}
     assert agg is not None and agg["accuracy"] == pytest.approx(0.7)
+
+
+def test_client_level_dp_clips_averages_uniformly_and_accounts_what_was_released(tmp_path) -> None:
+    from fedlatent.config import RunConfig
+    from fedlatent.report import client_level_summary
+    from fedlatent.strategy import ClientLevelDP, PrivacyLog
+
+    view = ServerView(tmp_path / "view", settings={})
+    inner = RecordingFedAvg(
+        phase="classifier",
+        shapes={"weight": (2, 3), "bias": (2,)},
+        view=view,
+        traffic=Traffic(),
+        num_clients=4,
+        weighted_by_key=P.UNIT_WEIGHT,
+    )
+    dp = ClientLevelDP(inner, noise_multiplier=1e-6, clipping_norm=1.0)
+    dp.current_arrays = ArrayRecord({"weight": torch.zeros(2, 3), "bias": torch.zeros(2)})
+
+    def weighted(weight: float, pid: int, n: int) -> RecordDict:
+        content = update(np.full((2, 3), weight, np.float32), pid=pid, n=n)
+        content[P.METRICS][P.UNIT_WEIGHT] = 1
+        return content
+
+    replies = [
+        reply_from(1, weighted(10.0, 0, 10)),
+        reply_from(2, weighted(10.0, 1, 1000)),  # a big client: no more weight under client-level DP
+        reply_from(3, weighted(-10.0, 2, 10)),
+        reply_from(4, update(np.full((2, 3), np.nan, np.float32), pid=3)),  # rejected before Flower sees it
+    ]
+    arrays, _ = dp.aggregate_train(1, replies)
+    # Each update is clipped to norm 1 (6 equal entries: 1/sqrt(6) each), then the uniform mean.
+    np.testing.assert_allclose(arrays["weight"].numpy(), (1 + 1 - 1) / 3 / np.sqrt(6), atol=1e-4)
+    assert dp.multipliers == [pytest.approx(1e-6 * 3 / 4)]  # 3 of 4 planned updates: less noise per client
+    view.close()
+    received = load_server_view(tmp_path / "view")["received/classifier-r001-p000.npz"]
+    np.testing.assert_allclose(received["weight"], 10.0)  # the server saw the unclipped update
+    cfg = RunConfig.from_run_config({"client-dp-noise": 1.0, "rounds": 2})
+    summary = client_level_summary(cfg, PrivacyLog(client_level=[1.0, 0.75]))
+    assert summary is not None and summary["releases"] == 2 and summary["epsilon"] > 0
+    assert "NOT against the server" in summary["note"]
+    assert client_level_summary(RunConfig(), PrivacyLog()) is None

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import signal
 import sys
 import tempfile
@@ -126,17 +127,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_configs(overrides: dict[str, Any], modes: Sequence[str], parent: Path) -> list[RunConfig]:
+    """One config per mode; with a finite ``epsilon``, a non-private twin before each DP run.
+
+    Every run shares ``parent/.cache`` unless ``cache-dir`` is given, so the public
+    autoencoder, identical in every run, is trained once.
+    """
+    base = {**overrides, "cache-dir": overrides.get("cache-dir") or str(parent / ".cache")}
+    epsilon = float(base.pop("epsilon", math.inf))
+    cfgs = []
+    for mode in modes:
+        cfgs.append(_config({**base, "mode": mode}, default_out=str(parent / mode)))
+        if math.isfinite(epsilon):
+            dp = {**base, "mode": mode, "epsilon": epsilon}
+            cfgs.append(_config(dp, default_out=str(parent / f"{mode}-eps{epsilon:g}")))
+    return cfgs
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    """``fedlatent compare``: raw vs latent-fedavg vs latent-share on one data set."""
+    """``fedlatent compare``: raw vs latent-fedavg vs latent-share (with ``--epsilon``: and their DP runs)."""
     from .compare import summarize
 
     base = _overrides(args)
     parent = Path(base.pop("out-dir", f"runs/{_stamp()}-compare")).expanduser().resolve()
+    cfgs = compare_configs(base, args.modes, parent)
     rows = []
-    cfgs = [_config({**base, "mode": mode}, default_out=str(parent / mode)) for mode in args.modes]
     with _federation(args, cfgs[0].num_clients) as link:
-        for i, (mode, cfg) in enumerate(zip(args.modes, cfgs, strict=True)):
-            print(f"\n== [{i + 1}/{len(args.modes)}] {mode} ({cfg.dataset}, encoder {cfg.encoder}) ==", flush=True)
+        for i, cfg in enumerate(cfgs):
+            eps = "" if not cfg.dp else f", epsilon {cfg.epsilon:g}"
+            print(f"\n== [{i + 1}/{len(cfgs)}] {cfg.mode} ({cfg.dataset}, encoder {cfg.encoder}{eps}) ==", flush=True)
             rows.append(run_one(link, cfg, verbose=args.verbose, timeout=args.timeout))
     summarize(rows, parent)
     return 0
@@ -155,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = verbs.add_parser("run", help="run one Flower federation and write its run directory")
     _add_config_options(run)
     run.set_defaults(func=cmd_run)
-    compare = verbs.add_parser("compare", help="run raw, latent-fedavg and latent-share; print a table")
+    compare = verbs.add_parser(
+        "compare",
+        help="run raw, latent-fedavg and latent-share; print a table (--epsilon E: each also with DP at E)",
+    )
     _add_config_options(compare, skip=("mode",))
     compare.add_argument("--modes", nargs="+", choices=COMPARE_MODES, default=list(COMPARE_MODES))
     compare.set_defaults(func=cmd_compare)

@@ -1,4 +1,8 @@
-"""Side-by-side summary of several runs: a terminal table, ``compare.json/.csv`` and a PNG."""
+"""Side-by-side summary of several runs: a terminal table, ``compare.json/.csv`` and a PNG.
+
+With DP runs (``fedlatent compare --epsilon E``) each mode gets its DP accuracy, the ε its
+clients really spent and whether the guarantee holds end to end, beside the non-private run.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ COLUMNS = (
     "mode",
     "encoder",
     "dataset",
+    "target_epsilon",
     "accuracy",
     "epsilon",
     "end_to_end_dp",
@@ -22,12 +27,31 @@ COLUMNS = (
 
 
 def rows_of(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The compared fields of each ``results.json``."""
-    return [{c: r.get(c) for c in COLUMNS} for r in results]
+    """The compared fields of each ``results.json`` (``target_epsilon``: the configured budget)."""
+    rows = []
+    for r in results:
+        row = {c: r.get(c) for c in COLUMNS}
+        target = r.get("config", {}).get("epsilon", "inf")
+        row["target_epsilon"] = None if target == "inf" else float(target)
+        rows.append(row)
+    return rows
+
+
+def pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    """(non-private, DP) rows of each mode, in first-seen order."""
+    out: dict[tuple[str, str | None], list[dict[str, Any] | None]] = {}
+    for r in rows:
+        slot = out.setdefault((r["mode"], r["encoder"]), [None, None])
+        slot[0 if r["target_epsilon"] is None else 1] = r
+    return [(a, b) for a, b in out.values()]
 
 
 def _mb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.2f}"
+
+
+def _acc(r: dict[str, Any] | None) -> str:
+    return "-" if r is None else f"{r['accuracy']:.4f}"
 
 
 def summarize(results: Sequence[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
@@ -43,44 +67,60 @@ def summarize(results: Sequence[dict[str, Any]], out: Path) -> list[dict[str, An
         writer.writeheader()
         writer.writerows(rows)
 
+    grouped = pairs(rows)
+    targets = sorted({r["target_epsilon"] for r in rows if r["target_epsilon"] is not None})
+    dp_name = f"accuracy ε={','.join(f'{t:g}' for t in targets)}" if targets else None
     table = Table(title=f"fedlatent compare ({rows[0]['dataset']})" if rows else "fedlatent compare")
-    for name in ("mode", "encoder", "accuracy", "epsilon", "end-to-end DP", "MB up", "MB down", "seconds"):
+    names = ["mode", "encoder", "accuracy", *([dp_name, "ε spent"] if dp_name else []), "end-to-end DP"]
+    for name in [*names, "MB up", "MB down", "seconds"]:
         table.add_column(name, justify="left" if name in ("mode", "encoder") else "right")
-    for r in rows:
-        eps = "∞" if r["epsilon"] is None else f"{r['epsilon']:.3f}"
-        table.add_row(
-            r["mode"],
-            r["encoder"] or "-",
-            f"{r['accuracy']:.4f}",
-            eps,
-            str(r["end_to_end_dp"]).lower(),
-            _mb(r["bytes_uploaded"]),
-            _mb(r["bytes_downloaded"]),
-            f"{r['wall_seconds']:.1f}",
-        )
+    for plain, dp in grouped:
+        first = plain or dp
+        assert first is not None
+        cells = [first["mode"], first["encoder"] or "-", _acc(plain)]
+        if dp_name:
+            cells += [_acc(dp), "-" if dp is None or dp["epsilon"] is None else f"{dp['epsilon']:.3f}"]
+        main = dp or first  # the privacy claim of the DP run when there is one
+        runs = [r for r in (plain, dp) if r is not None]
+        cells += [
+            str(main["end_to_end_dp"]).lower(),
+            _mb(first["bytes_uploaded"]),
+            _mb(first["bytes_downloaded"]),
+            f"{sum(r['wall_seconds'] for r in runs):.1f}",
+        ]
+        table.add_row(*cells)
     Console(width=max(Console().width, 110)).print(table)
-    _plot(rows, out / "compare.png")
+    _plot(grouped, out / "compare.png", dp_name)
     print(f"results: {out}/compare.json, compare.csv, compare.png")
     return rows
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+def _plot(grouped: list[tuple[dict[str, Any] | None, dict[str, Any] | None]], path: Path, dp_name: str | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, (ax_acc, ax_mb) = plt.subplots(1, 2, figsize=(8, 3.2))
-    labels = [r["mode"] for r in rows]
-    ax_acc.bar(labels, [r["accuracy"] for r in rows], color="tab:blue")
+    fig, (ax_acc, ax_mb) = plt.subplots(1, 2, figsize=(8.5, 3.4))
+    labels = [(a or b or {}).get("mode", "?") for a, b in grouped]
+    pos = np.arange(len(grouped))
+    width = 0.38 if dp_name else 0.7
+    ax_acc.bar(
+        pos - (width / 2 if dp_name else 0), [a["accuracy"] if a else 0 for a, _ in grouped], width, label="no DP"
+    )
+    if dp_name:
+        ax_acc.bar(pos + width / 2, [b["accuracy"] if b else 0 for _, b in grouped], width, label=dp_name[9:])
+        ax_acc.legend(fontsize=8)
     ax_acc.set_ylabel("test accuracy")
     ax_acc.set_ylim(0, 1)
-    ax_mb.bar(labels, [r["bytes_uploaded"] / 1e6 for r in rows], color="tab:orange")
+    ax_mb.bar(pos, [(a or b or {}).get("bytes_uploaded", 0) / 1e6 for a, b in grouped], 0.7, color="tab:orange")
     ax_mb.set_ylabel("MB uploaded by clients")
     for ax in (ax_acc, ax_mb):
-        ax.tick_params(axis="x", labelrotation=15)
-    encoder = next((r["encoder"] for r in rows if r["encoder"]), "-")
-    fig.suptitle(f"{rows[0]['dataset']}, encoder {encoder}" if rows else "")
+        ax.set_xticks(pos, labels, rotation=15)
+    first = next((a or b for a, b in grouped if a or b), None)
+    encoder = next(((a or b or {}).get("encoder") for a, b in grouped if (a or b or {}).get("encoder")), "-")
+    fig.suptitle(f"{first['dataset']}, encoder {encoder}" if first else "")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

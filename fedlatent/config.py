@@ -97,6 +97,7 @@ class RunConfig:
     )
     client_dp_noise: float = _key(0.0, _at_least(0.0), "client-level DP noise multiplier, server side (0 = off)")
     client_dp_clip: float = _key(1.0, _positive, "client-level DP: L2 clip of each client's update")
+    cache_dir: str = _key("", None, "cache of the public autoencoder, keyed on its settings ('' = none)")
     out_dir: str = _key("", None, "run directory ('' = runs/<time>-<mode>-<encoder>)")
 
     @classmethod

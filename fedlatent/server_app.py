@@ -22,7 +22,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from . import __version__
 from . import payloads as P
+from .cache import cached_training, data_digest
 from .config import RunConfig
 from .models import Encoder
 from .plan import DataPlan, build_autoencoder, build_classifier, generator, make_plan
@@ -112,10 +114,19 @@ def encoder_phase(
     ae = build_autoencoder(cfg, ds)
     if cfg.encoder == "public":
         x, _ = plan.public()
-        loss = train_autoencoder(
-            ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg, 0)
+        settings = ("seed", "latent_dim", "ae_arch", "ae_epochs", "batch_size", "lr")
+        key = {k: getattr(cfg, k) for k in settings} | {"data": data_digest(x.numpy()), "version": __version__}
+        loss, hit = cached_training(
+            cfg.cache_dir,
+            name="public-autoencoder",
+            key=key,
+            module=ae,
+            train=lambda: train_autoencoder(
+                ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg, 0)
+            ),
         )
-        log.info("public autoencoder trained on %d records, reconstruction loss %.4f", len(x), loss)
+        how = "loaded from the cache" if hit else "trained"
+        log.info("public autoencoder %s (%d records), reconstruction loss %.4f", how, len(x), loss)
     else:
         strategy = RecordingFedAvg(
             phase=P.PHASE_ENCODER,

@@ -1,4 +1,4 @@
-"""The ``fedlatent`` command: ``run`` one federation, ``compare`` the three modes.
+"""The ``fedlatent`` command: ``run`` one federation, ``compare`` the modes, ``attack`` a run.
 
 Both verbs run the real Flower app through ``flwr run`` on a private local SuperLink, as a
 simulation (see ``launcher``) or, with ``--deployment``, on one SuperNode process per client
@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .attacks.names import FAMILIES
 from .config import ConfigError, RunConfig
 from .deployment import LocalDeployment
 from .launcher import FederationError, LocalSuperLink
@@ -161,6 +162,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    """``fedlatent attack RUN_DIR``: every attack on what the run's server saw."""
+    from .attacks.run import run_attacks
+
+    for run_dir in args.run_dirs:
+        if not (Path(run_dir) / "server_view" / "manifest.json").is_file():
+            raise ConfigError(f"{run_dir} is not a finished fedlatent run directory (no server_view/manifest.json)")
+    for run_dir in args.run_dirs:
+        print(f"\n== attacks on {run_dir} ==", flush=True)
+        run_attacks(run_dir, only=args.only, preset=args.preset, seed=args.seed)
+    return 0
+
+
 def _stamp() -> str:
     import time
 
@@ -181,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(compare, skip=("mode",))
     compare.add_argument("--modes", nargs="+", choices=COMPARE_MODES, default=list(COMPARE_MODES))
     compare.set_defaults(func=cmd_compare)
+    attack = verbs.add_parser("attack", help="run the privacy attacks on finished runs; write attacks.json + PNGs")
+    attack.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by run/compare")
+    attack.add_argument("--only", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="attack families to run")
+    attack.add_argument("--preset", choices=("full", "quick"), default="full", help="attack effort (quick: smoke test)")
+    attack.add_argument("--seed", type=int, default=0, help="seed of the attacks")
+    attack.set_defaults(func=cmd_attack)
     return parser
 
 

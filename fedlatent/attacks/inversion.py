@@ -1,0 +1,363 @@
+"""Latent inversion (He, Zhang & Lee 2019): images back from the latents the server received.
+
+What: an inverse network latent -> image is trained on public (aux) images and their latents,
+then applied to every shared latent. Two settings of the paper:
+
+- black-box: the server can query the encoder (``public``/``federated``), so the training pairs
+  are ``(release(encoder(aux)), aux)``;
+- query-free: the encoder is secret (``local``), so a *shadow* encoder is first fitted to what
+  the server does hold — aux images and labels, the final latent classifier, and the moments
+  of the shared latents — and its inverse network is applied to the shared latents.
+
+Why the release step: the attacker knows every public setting of the run (clip norm, noise
+std), so a fair inverse network learns from aux latents that went through the same clipping
+and Gaussian noise as the clients' (ARCHITECTURE.md, "Threat model of the attacks"). Scores
+always stand beside the trivial baselines of ``fedlatent.metrics``: a latent that leaks nothing
+still "reconstructs" the aux (class-)mean image, so leakage is what goes beyond them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..metrics import psnr, ssim, summarize, trivial_baselines
+from ..models import Autoencoder, Encoder, ImageClassifier
+from ..privacy import clip_rows
+from ..training import encode, fit, make_loader, train_classifier
+from .view import AttackerView, Truth
+
+
+class NotApplicable(ValueError):
+    """The attack does not apply to this run (e.g. no shared latents, no classifier to invert)."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: dicts of arrays have no truth value
+class Reconstructions:
+    """Output of ``latent_inversion``.
+
+    Attributes
+    ----------
+    method : {"black-box", "query-free"}
+        Whether the encoder was queryable or a shadow encoder stood in for it.
+    images : dict of int to ndarray
+        Partition -> float32 ``(n, C, H, W)`` images in [0, 1], rows in the order of
+        ``view.latents[partition]``.
+    settings : dict
+        Everything needed to reproduce the attack.
+    """
+
+    method: str
+    images: dict[int, np.ndarray]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def attack_generator(seed: int, *parts: int) -> torch.Generator:
+    """A torch generator seeded by an attack seed and a tuple naming the step."""
+    # len(parts) is mixed in: SeedSequence ignores trailing zeros, so (0, 1, 0) would equal (0, 1).
+    state = np.random.SeedSequence([seed, len(parts), *parts]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+@contextmanager
+def _seeded(generator: torch.Generator) -> Iterator[None]:
+    """Seed torch's global RNG from ``generator`` for a model's init, restoring it afterwards."""
+    with torch.random.fork_rng():
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        yield
+
+
+class InverseNetwork(nn.Module):
+    """Latent -> image: standardized input, a linear path plus an MLP, sigmoid output.
+
+    The linear path lets the network invert (near-)linear encoders exactly from few aux
+    records; the MLP carries the non-linear rest. Inputs are standardized with the training
+    latents' statistics (kept as buffers) because latent scales differ wildly between runs.
+    """
+
+    shift: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(
+        self, *, latent_dim: int, image_shape: tuple[int, int, int], shift: torch.Tensor, scale: torch.Tensor
+    ) -> None:
+        super().__init__()
+        self.image_shape = image_shape
+        pixels = int(np.prod(image_shape))
+        self.register_buffer("shift", shift.reshape(1, latent_dim).float())
+        self.register_buffer("scale", scale.reshape(1, latent_dim).float())
+        self.linear = nn.Linear(latent_dim, pixels)
+        self.mlp = nn.Sequential(nn.Linear(latent_dim, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU())
+        self.head = nn.Linear(512, pixels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        z = (z - self.shift) / self.scale
+        return torch.sigmoid(self.linear(z) + self.head(self.mlp(z))).reshape(-1, *self.image_shape)
+
+
+def _mse(model: nn.Module, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.mse_loss(model(z), x)
+
+
+def train_inverse(
+    latents: torch.Tensor,
+    images: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    generator: torch.Generator,
+) -> nn.Module:
+    """Train an inverse network ``latent -> image`` with MSE; return it in eval mode.
+
+    Parameters
+    ----------
+    latents : Tensor
+        ``(n, d)`` training latents (already passed through the run's release, if any).
+    images : Tensor
+        ``(n, C, H, W)`` matching images in [0, 1]; the output shape is taken from them.
+    epochs, lr, batch_size : int, float, int
+        Adam training settings.
+    generator : torch.Generator
+        Fixes the initial weights and the batch order.
+    """
+    if len(latents) != len(images) or len(latents) == 0:
+        raise ValueError(f"need as many latents as images (> 0), got {len(latents)} and {len(images)}")
+    latents, images = latents.detach().float(), images.detach().float()
+    scale = latents.std(dim=0).clamp_min(1e-6) if len(latents) > 1 else torch.ones(latents.shape[1])
+    with _seeded(generator):
+        net = InverseNetwork(
+            latent_dim=latents.shape[1],
+            image_shape=(int(images.shape[1]), int(images.shape[2]), int(images.shape[3])),
+            shift=latents.mean(dim=0),
+            scale=scale,
+        )
+    loader = make_loader(latents, images, batch_size=batch_size, generator=generator)
+    fit(net, loader, torch.optim.Adam(net.parameters(), lr=lr), epochs=epochs, loss_fn=_mse)
+    return net.eval()
+
+
+def _release(z: torch.Tensor, *, clip: float, std: float, generator: torch.Generator) -> torch.Tensor:
+    """The run's public latent release, differentiable in ``z``: identity when no DP.
+
+    Clients clip and add noise only under DP (``client_dp.release_latents``), i.e. exactly
+    when the noise std is > 0, so the attacker does the same.
+    """
+    if std <= 0:
+        return z
+    return clip_rows(z, max_norm=clip) + std * torch.randn(z.shape, generator=generator, dtype=z.dtype)
+
+
+def _shared(view: AttackerView) -> torch.Tensor:
+    if not view.latents:
+        raise NotApplicable(f"mode {view.cfg.mode!r}: the server received no latents to invert")
+    return torch.cat([torch.from_numpy(np.asarray(z, dtype=np.float32)) for z, _ in view.latents.values()])
+
+
+def _moment_loss(z: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """Scale-free distance of a batch's mean and covariance to the target ones."""
+    centred = z - z.mean(dim=0)
+    batch_cov = centred.T @ centred / max(len(z) - 1, 1)
+    mean_term = (z.mean(dim=0) - mean).pow(2).sum() / (cov.trace() + 1e-8)
+    return mean_term + (batch_cov - cov).pow(2).sum() / (cov.pow(2).sum() + 1e-8)
+
+
+def shadow_encoder(
+    view: AttackerView, *, epochs: int, lr: float = 1e-3, batch_size: int = 64, generator: torch.Generator
+) -> Encoder:
+    """A stand-in for a secret encoder, fitted to what the server holds (query-free setting).
+
+    An autoencoder of the run's public architecture is trained on the aux images with three
+    losses: reconstruction (the shadow keeps information), cross-entropy of the frozen final
+    latent classifier on the released shadow latents against the aux labels (the shadow speaks
+    the classifier's language), and matching of the mean and covariance of the shared latents
+    (the shadow lands where the clients' latents are). With ``local`` encoders every client's
+    latent space differs; one shadow is fitted to them all pooled, as the classifier was.
+    """
+    cfg, std = view.cfg, view.latent_noise_std()
+    shared = _shared(view)
+    target_mean, target_cov = shared.mean(dim=0), torch.cov(shared.T).reshape(shared.shape[1], -1)
+    classifier = view.classifier()
+    for p in classifier.parameters():
+        p.requires_grad_(False)
+    with _seeded(generator):
+        ae = Autoencoder(image_shape=view.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
+
+    def loss_fn(_: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        z = ae.encoder(xb)
+        released = _release(z, clip=cfg.latent_clip, std=std, generator=generator)
+        return (
+            nn.functional.binary_cross_entropy(ae.decoder(z), xb)
+            + nn.functional.cross_entropy(classifier(released), yb)
+            + _moment_loss(released, target_mean, target_cov)
+        )
+
+    loader = make_loader(
+        torch.from_numpy(view.aux_x), torch.from_numpy(view.aux_y), batch_size=batch_size, generator=generator
+    )
+    fit(ae, loader, torch.optim.Adam(ae.parameters(), lr=lr), epochs=epochs, loss_fn=loss_fn)
+    return ae.encoder.eval()
+
+
+def fit_inverse(
+    view: AttackerView,
+    encoder: nn.Module,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    noise_draws: int = 4,
+    generator: torch.Generator,
+) -> tuple[nn.Module, torch.Tensor]:
+    """Inverse network of ``encoder`` followed by the run's release, trained on the aux set.
+
+    Returns the network and the released aux latents it was trained on (``noise_draws``
+    releases of each aux latent under DP, so the network learns to average the noise out
+    rather than to memorize one draw; one release otherwise).
+    """
+    aux_x = torch.from_numpy(view.aux_x)
+    aux_z = encode(encoder, aux_x)
+    std = view.latent_noise_std()
+    draws = max(noise_draws, 1) if std > 0 else 1
+    train_z = torch.cat(
+        [_release(aux_z, clip=view.cfg.latent_clip, std=std, generator=generator) for _ in range(draws)]
+    )
+    inverse = train_inverse(
+        train_z, aux_x.repeat(draws, 1, 1, 1), epochs=epochs, lr=lr, batch_size=batch_size, generator=generator
+    )
+    return inverse, train_z
+
+
+def latent_inversion(
+    view: AttackerView,
+    *,
+    epochs: int = 100,
+    shadow_epochs: int = 50,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    noise_draws: int = 4,
+    seed: int = 0,
+) -> Reconstructions:
+    """Reconstruct every shared latent's image with an inverse network (see module docstring).
+
+    Parameters
+    ----------
+    view : AttackerView
+        The server's view; its only source of data.
+    epochs : int
+        Epochs of the inverse network.
+    shadow_epochs : int
+        Epochs of the shadow autoencoder (query-free only).
+    lr, batch_size : float, int
+        Adam settings of both trainings.
+    noise_draws : int
+        Under DP, each aux latent is released this many times with fresh noise, so that the
+        inverse network learns to average the noise out rather than to memorize one draw.
+    seed : int
+        Seed of every random step.
+
+    Raises
+    ------
+    NotApplicable
+        If the server received no latents (modes ``raw`` and ``latent-fedavg``).
+    """
+    _shared(view)  # fail early, before any training
+    cfg, std = view.cfg, view.latent_noise_std()
+    encoder = view.encoder()
+    method = "black-box" if encoder is not None else "query-free"
+    if encoder is None:
+        gen = attack_generator(seed, 1)
+        encoder = shadow_encoder(view, epochs=shadow_epochs, lr=lr, batch_size=batch_size, generator=gen)
+    gen = attack_generator(seed, 2)
+    inverse, _ = fit_inverse(
+        view, encoder, epochs=epochs, lr=lr, batch_size=batch_size, noise_draws=noise_draws, generator=gen
+    )
+    with torch.no_grad():
+        images = {
+            pid: inverse(torch.from_numpy(np.asarray(z, dtype=np.float32))).numpy()
+            for pid, (z, _) in sorted(view.latents.items())
+        }
+    settings = {
+        "method": method,
+        "epochs": epochs,
+        "shadow_epochs": shadow_epochs if method == "query-free" else 0,
+        "lr": lr,
+        "batch_size": batch_size,
+        "noise_draws": noise_draws if std > 0 else 1,
+        "seed": seed,
+        "latent_clip": cfg.latent_clip,
+        "noise_std": std,
+        "aux_records": len(view.aux_x),
+    }
+    return Reconstructions(method=method, images=images, settings=settings)
+
+
+def _aux_class_means(view: AttackerView) -> np.ndarray:
+    """Aux class-mean image of every class (the aux mean for a class absent from aux)."""
+    overall = view.aux_x.mean(axis=0)
+    return np.stack(
+        [
+            view.aux_x[view.aux_y == c].mean(axis=0) if (view.aux_y == c).any() else overall
+            for c in range(view.num_classes)
+        ]
+    ).astype(np.float32)
+
+
+def score_inversion(
+    rec: Reconstructions, truth: Truth, view: AttackerView, *, recognizer_epochs: int = 30, seed: int = 0
+) -> dict[str, Any]:
+    """PSNR/SSIM of reconstructions against the private records, beside the trivial baselines.
+
+    Returns a dict with mean ``psnr``/``ssim`` over all records, ``per_partition`` means,
+    ``baselines`` (``metrics.trivial_baselines``: aux mean, and aux class mean of the *shared*
+    label, the one that reached the server), ``recognition_accuracy`` (an MLP image classifier
+    trained on raw aux images predicting the records' *true* labels from the reconstructions),
+    ``baseline_recognition_accuracy`` (the same classifier on the aux class-mean images of the
+    shared labels), ``recognizer_accuracy_private`` (its accuracy on the true records, the
+    ceiling) and ``leakage_ssim`` = attack SSIM minus the best baseline SSIM.
+    """
+    pids = sorted(rec.images)
+    if not pids:
+        raise ValueError("no reconstructions to score")
+    for pid in pids:
+        if rec.images[pid].shape != truth.client_x[pid].shape:
+            raise ValueError(
+                f"partition {pid}: {rec.images[pid].shape} reconstructions for {truth.client_x[pid].shape} records"
+            )
+    recon = np.concatenate([rec.images[p] for p in pids])
+    target = np.concatenate([truth.client_x[p] for p in pids])
+    true_y = np.concatenate([truth.client_y[p] for p in pids])
+    shared_y = np.concatenate([np.asarray(view.latents[p][1], dtype=np.int64) for p in pids])
+    per_partition = {p: summarize(rec.images[p], truth.client_x[p]) for p in pids}
+    baselines = trivial_baselines(target, shared_y, view.aux_x, view.aux_y)
+
+    with _seeded(attack_generator(seed, 3)):
+        recognizer = ImageClassifier(image_shape=view.image_shape, num_classes=view.num_classes)
+    aux_x, aux_y, gen = torch.from_numpy(view.aux_x), torch.from_numpy(view.aux_y), attack_generator(seed, 4)
+    train_classifier(recognizer, aux_x, aux_y, epochs=recognizer_epochs, batch_size=64, lr=1e-3, generator=gen)
+    recognizer.eval()
+
+    def accuracy(images: np.ndarray) -> float:
+        with torch.no_grad():
+            pred = recognizer(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).argmax(1).numpy()
+        return float((pred == true_y).mean())
+
+    attack_ssim = float(ssim(recon, target).mean())
+    return {
+        "method": rec.method,
+        "records": len(target),
+        "psnr": float(psnr(recon, target).mean()),
+        "ssim": attack_ssim,
+        "per_partition": per_partition,
+        "baselines": baselines,
+        "recognition_accuracy": accuracy(recon),
+        "baseline_recognition_accuracy": accuracy(_aux_class_means(view)[shared_y]),
+        "recognizer_accuracy_private": accuracy(target),
+        "leakage_ssim": attack_ssim - max(b["ssim"] for b in baselines.values()),
+    }

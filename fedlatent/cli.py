@@ -158,6 +158,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
             eps = "" if not cfg.dp else f", epsilon {cfg.epsilon:g}"
             print(f"\n== [{i + 1}/{len(cfgs)}] {cfg.mode} ({cfg.dataset}, encoder {cfg.encoder}{eps}) ==", flush=True)
             rows.append(run_one(link, cfg, verbose=args.verbose, timeout=args.timeout))
+    if args.attack:  # after the federation is down: attacks need the CPUs, not the SuperLink
+        from .attacks.run import run_attacks
+
+        for cfg in cfgs:
+            print(f"\n== attacks on {cfg.mode}{'' if not cfg.dp else f' (epsilon {cfg.epsilon:g})'} ==", flush=True)
+            run_attacks(cfg.out_dir, preset=args.attack)
     summarize(rows, parent)
     return 0
 
@@ -194,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(compare, skip=("mode",))
     compare.add_argument("--modes", nargs="+", choices=COMPARE_MODES, default=list(COMPARE_MODES))
+    compare.add_argument(
+        "--attack",
+        choices=("full", "quick"),
+        default=None,
+        help="also run every attack on every run (at this effort) and add their columns",
+    )
     compare.set_defaults(func=cmd_compare)
     attack = verbs.add_parser("attack", help="run the privacy attacks on finished runs; write attacks.json + PNGs")
     attack.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by run/compare")

@@ -23,6 +23,9 @@ COLUMNS = (
     "bytes_uploaded",
     "bytes_downloaded",
     "wall_seconds",
+    "inversion_ssim",
+    "inversion_leakage_ssim",
+    "mia_auc",
 )
 
 
@@ -33,8 +36,26 @@ def rows_of(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row = {c: r.get(c) for c in COLUMNS}
         target = r.get("config", {}).get("epsilon", "inf")
         row["target_epsilon"] = None if target == "inf" else float(target)
+        row.update(attack_columns(Path(r.get("config", {}).get("out-dir", "")) / "attacks.json"))
         rows.append(row)
     return rows
+
+
+def attack_columns(path: Path) -> dict[str, float | None]:
+    """The worst case over a run's attacks (``attacks.json``): best inversion SSIM, best MIA AUC."""
+    cols: dict[str, float | None] = {"inversion_ssim": None, "inversion_leakage_ssim": None, "mia_auc": None}
+    if not path.is_file():
+        return cols
+    attacks = json.loads(path.read_text())["attacks"]
+    inversions = [
+        a for name, a in attacks.items() if name.endswith("inversion") and a.get("status") == "done" and a.get("ssim")
+    ]
+    if inversions:
+        worst = max(inversions, key=lambda a: a.get("leakage_ssim", a["ssim"]))
+        cols["inversion_ssim"], cols["inversion_leakage_ssim"] = worst["ssim"], worst.get("leakage_ssim")
+    if attacks.get("membership", {}).get("status") == "done":
+        cols["mia_auc"] = attacks["membership"]["auc"]
+    return cols
 
 
 def pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
@@ -71,7 +92,10 @@ def summarize(results: Sequence[dict[str, Any]], out: Path) -> list[dict[str, An
     targets = sorted({r["target_epsilon"] for r in rows if r["target_epsilon"] is not None})
     dp_name = f"accuracy ε={','.join(f'{t:g}' for t in targets)}" if targets else None
     table = Table(title=f"fedlatent compare ({rows[0]['dataset']})" if rows else "fedlatent compare")
+    attacked = any(r["mia_auc"] is not None or r["inversion_ssim"] is not None for r in rows)
     names = ["mode", "encoder", "accuracy", *([dp_name, "ε spent"] if dp_name else []), "end-to-end DP"]
+    if attacked:
+        names += ["inversion SSIM (leak)", "MIA AUC"]
     for name in [*names, "MB up", "MB down", "seconds"]:
         table.add_column(name, justify="left" if name in ("mode", "encoder") else "right")
     for plain, dp in grouped:
@@ -80,10 +104,15 @@ def summarize(results: Sequence[dict[str, Any]], out: Path) -> list[dict[str, An
         cells = [first["mode"], first["encoder"] or "-", _acc(plain)]
         if dp_name:
             cells += [_acc(dp), "-" if dp is None or dp["epsilon"] is None else f"{dp['epsilon']:.3f}"]
-        main = dp or first  # the privacy claim of the DP run when there is one
+        main = dp or first  # the privacy claim (and attacks) of the DP run when there is one
         runs = [r for r in (plain, dp) if r is not None]
+        cells.append(str(main["end_to_end_dp"]).lower())
+        if attacked:
+            leak = main["inversion_leakage_ssim"]
+            ssim = "-" if main["inversion_ssim"] is None else f"{main['inversion_ssim']:.3f}"
+            cells.append(ssim if leak is None else f"{ssim} ({leak:+.3f})")
+            cells.append("-" if main["mia_auc"] is None else f"{main['mia_auc']:.3f}")
         cells += [
-            str(main["end_to_end_dp"]).lower(),
             _mb(first["bytes_uploaded"]),
             _mb(first["bytes_downloaded"]),
             f"{sum(r['wall_seconds'] for r in runs):.1f}",

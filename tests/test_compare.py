@@ -93,3 +93,21 @@ def test_cache_trains_once_per_key_and_never_serves_a_foreign_entry(tmp_path: Pa
     assert cached_training(tmp_path, name="ae", key=json.loads(stored["key"]), module=m4, train=t4)[1] is False
     m5, t5 = make(5)
     assert cached_training("", name="ae", key=key, module=m5, train=t5) == (5.5, False)  # no cache dir: train
+
+
+def test_attack_columns_take_the_worst_case_of_each_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    attacks = {
+        "latent-inversion": {"status": "done", "ssim": 0.41, "leakage_ssim": 0.05},
+        "gradient-inversion": {"status": "done", "ssim": 0.30, "leakage_ssim": 0.12},
+        "model-inversion": {"status": "not-applicable", "reason": "x"},
+        "membership": {"status": "done", "auc": 0.53},
+    }
+    (run / "attacks.json").write_text(json.dumps({"attacks": attacks}))
+    attacked = {**result("latent-share", 0.9, None, None), "config": {"epsilon": "inf", "out-dir": str(run)}}
+    rows = summarize([attacked, result("raw", 0.93, None, None)], tmp_path / "cmp")
+    assert (rows[0]["inversion_ssim"], rows[0]["inversion_leakage_ssim"], rows[0]["mia_auc"]) == (0.30, 0.12, 0.53)
+    assert rows[1]["mia_auc"] is None
+    out = capsys.readouterr().out
+    assert "MIA AUC" in out and "0.300 (+0.120)" in out

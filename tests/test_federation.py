@@ -1,7 +1,8 @@
 """Every mode x encoder through the real Flower simulation (``flwr run``) on digits.
 
-One private SuperLink serves the whole module; each combination runs once (cached in a
-module fixture) and several tests read its run directory.
+One private SuperLink serves the whole session; each combination runs once (the ``runs``
+fixture of conftest.py) and several tests, here and in test_attacks_run.py, read its run
+directory.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import COMBOS, FAST, Runs
 from contract import RESULT_FIELDS
 
 from fedlatent.cli import app_dir
@@ -23,54 +25,13 @@ from fedlatent.server_view import load_server_view
 
 pytestmark = pytest.mark.slow
 
-# Small but not trivial: 2 clients, 2 rounds, encoders trained long enough to be useful.
-FAST = {
-    "dataset": "digits",
-    "num-clients": 2,
-    "rounds": 2,
-    "ae-epochs": 30,
-    "encoder-rounds": 2,
-    "local-epochs": 2,
-    "server-epochs": 10,
-}
-COMBOS = [("raw", "public")] + [
-    (m, e) for m in ("latent-fedavg", "latent-share") for e in ("public", "federated", "local")
-]
-
-
-@pytest.fixture(scope="module")
-def link(tmp_path_factory: pytest.TempPathFactory):
-    with LocalSuperLink(flwr_home=tmp_path_factory.mktemp("flwr-home")) as superlink:
-        yield superlink
-
-
-class _Runs(dict):  # type: ignore[type-arg]
-    """Run directory per (mode, encoder), each federation run once, on first use."""
-
-    def __init__(self, link: LocalSuperLink, factory: pytest.TempPathFactory) -> None:
-        super().__init__()
-        self.link, self.factory = link, factory
-
-    def __missing__(self, key: tuple[str, str]) -> Path:
-        mode, encoder = key
-        out = self.factory.mktemp(f"{mode}-{encoder}")
-        cfg = {**FAST, "mode": mode, "encoder": encoder, "out-dir": str(out)}
-        self.link.run(app_dir(), run_config=cfg, num_supernodes=FAST["num-clients"], timeout=900)
-        self[key] = out
-        return out
-
-
-@pytest.fixture(scope="module")
-def runs(link: LocalSuperLink, tmp_path_factory: pytest.TempPathFactory) -> _Runs:
-    return _Runs(link, tmp_path_factory)
-
 
 def _results(run: Path) -> dict[str, Any]:
     return json.loads((run / "results.json").read_text())
 
 
 @pytest.mark.parametrize(("mode", "encoder"), COMBOS)
-def test_every_mode_and_encoder_learns(runs: _Runs, mode: str, encoder: str) -> None:
+def test_every_mode_and_encoder_learns(runs: Runs, mode: str, encoder: str) -> None:
     res = _results(runs[mode, encoder])
     assert RESULT_FIELDS <= set(res)
     assert res["mode"] == mode and res["num_clients"] == 2 and res["rounds"] == 2
@@ -104,7 +65,7 @@ def test_row_detector_finds_a_planted_image() -> None:
 
 
 @pytest.mark.parametrize(("mode", "encoder"), [c for c in COMBOS if c[0] != "raw"])
-def test_no_raw_image_reaches_the_server(runs: _Runs, mode: str, encoder: str) -> None:
+def test_no_raw_image_reaches_the_server(runs: Runs, mode: str, encoder: str) -> None:
     run = runs[mode, encoder]
     cfg = RunConfig.from_run_config({**FAST, "mode": mode, "encoder": encoder})
     plan = make_plan(cfg)
@@ -151,7 +112,10 @@ def test_bad_config_value_fails_the_run_naming_the_key(link: LocalSuperLink, tmp
     ("mode", "encoder", "extra", "end_to_end"),
     [
         ("raw", "public", {}, True),
-        ("latent-fedavg", "public", {}, True),
+        # A DP-trained federated encoder composes with the classifier's DP-SGD in one ledger;
+        # client-level DP (Flower's server-side clipping) is reported apart.
+        # (DP-SGD through the autoencoder is costly: few epochs, it needs only to be tested.)
+        ("latent-fedavg", "federated", {"encoder-epsilon": 1.0, "client-dp-noise": 0.5, "ae-epochs": 2}, True),
         ("latent-share", "public", {"label-epsilon": 2.0}, True),
         ("latent-fedavg", "local", {}, False),  # a private encoder trained without DP breaks the guarantee
     ],
@@ -169,6 +133,17 @@ def test_dp_run_stays_within_budget(
     assert res["epsilon"] == max(res["epsilon_per_client"].values())
     assert res["end_to_end_dp"] is end_to_end and not res["refusals"]
     assert res["accuracy"] > 0.15, res  # DP at this size costs accuracy; it must still learn something
+    client_level = res["client_level_dp"]
+    if "client-dp-noise" in extra:
+        assert client_level["releases"] == FAST["rounds"] and client_level["epsilon"] > 0
+        assert client_level["effective_noise_multipliers"] == [0.5] * FAST["rounds"]
+    else:
+        assert client_level is None
+    if "encoder-epsilon" in extra:
+        assert "encoder-epsilon=1.0" in res["privacy_note"]
+        metrics = [json.loads(line) for line in (tmp_path / "server_view" / "metrics.jsonl").read_text().splitlines()]
+        encoder_eps = [m["metrics"]["epsilon-spent"] for m in metrics if m["phase"] == "encoder"]
+        assert len(encoder_eps) == 2 * FAST["encoder-rounds"] and 0 < max(encoder_eps) <= 1.0
 
 
 def test_num_clients_zero_uses_every_supernode(link: LocalSuperLink, tmp_path: Path) -> None:

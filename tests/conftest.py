@@ -1,0 +1,51 @@
+"""Shared fixtures: one private SuperLink per session, and each federation run at most once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedlatent.cli import app_dir
+from fedlatent.launcher import LocalSuperLink
+
+# Small but not trivial: 2 clients, 2 rounds, encoders trained long enough to be useful.
+FAST = {
+    "dataset": "digits",
+    "num-clients": 2,
+    "rounds": 2,
+    "ae-epochs": 30,
+    "encoder-rounds": 2,
+    "local-epochs": 2,
+    "server-epochs": 10,
+}
+COMBOS = [("raw", "public")] + [
+    (m, e) for m in ("latent-fedavg", "latent-share") for e in ("public", "federated", "local")
+]
+
+
+@pytest.fixture(scope="session")
+def link(tmp_path_factory: pytest.TempPathFactory):
+    with LocalSuperLink(flwr_home=tmp_path_factory.mktemp("flwr-home")) as superlink:
+        yield superlink
+
+
+class Runs(dict):  # type: ignore[type-arg]
+    """Run directory per (mode, encoder), each federation run once, on first use."""
+
+    def __init__(self, link: LocalSuperLink, factory: pytest.TempPathFactory) -> None:
+        super().__init__()
+        self.link, self.factory = link, factory
+
+    def __missing__(self, key: tuple[str, str]) -> Path:
+        mode, encoder = key
+        out = self.factory.mktemp(f"{mode}-{encoder}")
+        cfg = {**FAST, "mode": mode, "encoder": encoder, "out-dir": str(out)}
+        self.link.run(app_dir(), run_config=cfg, num_supernodes=FAST["num-clients"], timeout=900)
+        self[key] = out
+        return out
+
+
+@pytest.fixture(scope="session")
+def runs(link: LocalSuperLink, tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    return Runs(link, tmp_path_factory)

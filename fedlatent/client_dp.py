@@ -114,6 +114,13 @@ def train_round(
     return {"epsilon-spent": spent, "noise-multiplier": plan.noise_multiplier}, True
 
 
+def release_noise_std(cfg: RunConfig) -> float:
+    """Per-coordinate std of the latent release: a public setting, the server's learner uses it."""
+    return latent_noise_std(
+        epsilon=cfg.classifier_epsilon, delta=cfg.delta, clip=cfg.latent_clip, accountant=cfg.accountant
+    )
+
+
 def release_latents(
     latents: torch.Tensor,
     labels: torch.Tensor,
@@ -124,9 +131,7 @@ def release_latents(
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]] | None:
     """Clip + Gaussian noise on latents, randomized response on labels; None if over budget."""
-    std = latent_noise_std(
-        epsilon=cfg.classifier_epsilon, delta=cfg.delta, clip=cfg.latent_clip, accountant=cfg.accountant
-    )
+    std = release_noise_std(cfg)
     z = std / (2 * cfg.latent_clip)  # noise in units of the replacement sensitivity 2C
     if not ledger.can_afford(noise_multiplier=z, sample_rate=1.0, steps=1):
         return None

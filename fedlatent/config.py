@@ -22,6 +22,7 @@ MODES = ("raw", "latent-fedavg", "latent-share")
 ENCODERS = ("public", "federated", "local")
 AE_ARCHS = ("mlp", "conv")
 CLASSIFIER_ARCHS = ("mlp", "cnn")
+SERVER_LEARNERS = ("auto", "mlp", "class-mean", "lda")
 
 
 class ConfigError(ValueError):
@@ -85,6 +86,9 @@ class RunConfig:
     batch_size: int = _key(32, _at_least(1), "minibatch size")
     lr: float = _key(1e-3, _positive, "Adam learning rate")
     server_epochs: int = _key(20, _at_least(1), "latent-share: server epochs on pooled latents")
+    server_learner: str = _key(
+        "auto", _choice(SERVER_LEARNERS), "latent-share: auto (lda under DP, else mlp) | mlp | class-mean | lda"
+    )
     fraction_train: float = _key(1.0, _unit, "share of clients sampled per round")
     epsilon: float = _key(math.inf, _budget, "record-level DP budget of each client for the run (inf = no DP)")
     delta: float = _key(1e-5, _probability, "DP delta (keep below 1/records of a client)")
@@ -163,6 +167,13 @@ class RunConfig:
     def classifier_epsilon(self) -> float:
         """The part of ``epsilon`` left for the classifier or the release (basic composition)."""
         return self.epsilon - self.encoder_epsilon if self.encoder_dp else self.epsilon
+
+    @property
+    def learner(self) -> str:
+        """The server learner of ``latent-share``: ``auto`` is LDA on noisy latents, else the MLP."""
+        if self.server_learner != "auto":
+            return self.server_learner
+        return "lda" if self.dp else "mlp"
 
     @property
     def is_latent(self) -> bool:

@@ -18,6 +18,7 @@ from torch import nn
 
 from .config import RunConfig
 from .data import Dataset, load_dataset, partition, public_private_split
+from .learners import ClippedClassifier
 from .models import Autoencoder, ImageClassifier, LatentClassifier
 
 
@@ -64,12 +65,25 @@ def build_autoencoder(cfg: RunConfig, ds: Dataset) -> Autoencoder:
 
 
 def build_classifier(cfg: RunConfig, ds: Dataset) -> nn.Module:
-    """The model the federation trains: an image classifier in ``raw``, else a latent one."""
+    """The model the federation trains: an image classifier in ``raw``, else a latent one.
+
+    In ``latent-share`` with DP or a linear server learner, the latent model is wrapped in a
+    ``ClippedClassifier`` that clips its input as the release did (``share_clip``).
+    """
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed + 1)
         if cfg.mode == "raw":
             return ImageClassifier(image_shape=ds.image_shape, num_classes=ds.num_classes, arch=cfg.classifier_arch)
-        return LatentClassifier(latent_dim=cfg.latent_dim, num_classes=ds.num_classes)
+        latent = LatentClassifier(latent_dim=cfg.latent_dim, num_classes=ds.num_classes)
+        if cfg.mode != "latent-share" or (cfg.learner == "mlp" and not cfg.dp):
+            return latent
+        inner = latent if cfg.learner == "mlp" else nn.Linear(cfg.latent_dim, ds.num_classes)
+        return ClippedClassifier(inner, clip=share_clip(cfg))
+
+
+def share_clip(cfg: RunConfig) -> float:
+    """The L2 clip of released latents: ``latent-clip`` under DP; without DP none (float32 max)."""
+    return cfg.latent_clip if cfg.dp else float(torch.finfo(torch.float32).max)
 
 
 def generator(cfg: RunConfig, *parts: int) -> torch.Generator:

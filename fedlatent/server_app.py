@@ -25,12 +25,14 @@ from flwr.serverapp.strategy import Strategy
 from . import __version__
 from . import payloads as P
 from .cache import cached_training, data_digest
+from .client_dp import release_noise_std
 from .config import RunConfig
+from .learners import fit_server_learner
 from .models import Encoder
-from .plan import DataPlan, build_autoencoder, build_classifier, generator, make_plan
+from .plan import DataPlan, build_autoencoder, build_classifier, generator, make_plan, share_clip
 from .report import RunRecord, jsonable, run_directory
 from .server_view import ServerView
-from .strategy import ClientLevelDP, RecordingFedAvg, Traffic, accept
+from .strategy import ClientLevelDP, PrivacyLog, RecordingFedAvg, Traffic, accept
 from .training import encode, evaluate, train_autoencoder, train_classifier
 
 app = ServerApp()
@@ -53,7 +55,7 @@ def main(grid: Grid, context: Context) -> None:
     view.public_index(plan.public_idx)
     traffic = Traffic()
 
-    encoder = encoder_phase(grid, nodes, cfg, plan, view, traffic) if cfg.is_latent else None
+    encoder = encoder_phase(grid, nodes, cfg, plan, view, traffic, record.privacy) if cfg.is_latent else None
     if cfg.mode == "latent-share":
         model = share_phase(grid, nodes, cfg, plan, view, traffic, encoder, record)
     else:
@@ -102,7 +104,13 @@ def broadcast(grid: Grid, nodes: list[int], message_type: str, content: RecordDi
 
 
 def encoder_phase(
-    grid: Grid, nodes: list[int], cfg: RunConfig, plan: DataPlan, view: ServerView, traffic: Traffic
+    grid: Grid,
+    nodes: list[int],
+    cfg: RunConfig,
+    plan: DataPlan,
+    view: ServerView,
+    traffic: Traffic,
+    privacy: PrivacyLog,
 ) -> Encoder | None:
     """Make the encoder; return it when the server holds one (``local``: None)."""
     ds = plan.dataset
@@ -135,6 +143,7 @@ def encoder_phase(
             traffic=traffic,
             num_clients=cfg.num_clients,
             fraction_train=cfg.fraction_train,
+            privacy=privacy,  # a DP encoder's rounds are in each client's ledger too
         )
         result = strategy.start(grid=grid, initial_arrays=P.module_to_arrays(ae), num_rounds=cfg.encoder_rounds)
         P.load_arrays(ae, result.arrays)
@@ -235,12 +244,33 @@ def share_phase(
     log.info("pooled %d latents from %d clients", len(z_all), len(zs))
     model = build_classifier(cfg, ds)
     gen = generator(cfg, 0, 1)
-    for epoch in range(1, cfg.server_epochs + 1):
-        loss = train_classifier(model, z_all, y_all, epochs=1, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
-        entry: dict[str, float | int] = {"round": epoch, "train_loss": loss}
+    if cfg.learner != "mlp" or cfg.dp:  # a learner that knows the release (noise, clip, labels)
+        learner = fit_server_learner(
+            z_all,
+            y_all,
+            kind=cfg.learner,
+            num_classes=ds.num_classes,
+            clip=share_clip(cfg),
+            noise_std=release_noise_std(cfg) if cfg.dp else 0.0,
+            label_epsilon=cfg.label_epsilon,
+            epochs=cfg.server_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            generator=gen,
+        )
+        model.load_state_dict(learner.state_dict())
+        log.info("server learner %s fitted on %d released latents", cfg.learner, len(z_all))
+        entry: dict[str, float | int | str] = {"round": 1, "learner": cfg.learner}
         if encoder is not None:
             entry["accuracy"] = central_accuracy(model, plan, encoder)
         record.history.append(entry)
+        return model
+    for epoch in range(1, cfg.server_epochs + 1):
+        loss = train_classifier(model, z_all, y_all, epochs=1, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
+        row: dict[str, float | int | str] = {"round": epoch, "train_loss": loss}
+        if encoder is not None:
+            row["accuracy"] = central_accuracy(model, plan, encoder)
+        record.history.append(row)
     return model
 
 

@@ -109,3 +109,37 @@ def test_generator_reproducible_and_distinct():
     # e.g. client 0's encoder round 1 (0, 1, 0) and the server's latent-share classifier (0, 1).
     assert not torch.equal(draw(generator(cfg, 0, 1, 0)), draw(generator(cfg, 0, 1)))
     assert not torch.equal(draw(generator(cfg, 0)), draw(generator(cfg)))
+
+
+@pytest.mark.parametrize(
+    ("kw", "learner"),
+    [
+        ({"epsilon": 3.0}, "lda"),  # auto under DP
+        ({"epsilon": 3.0, "server-learner": "mlp"}, "mlp"),
+        ({"epsilon": 3.0, "server-learner": "class-mean"}, "class-mean"),
+        ({"server-learner": "lda"}, "lda"),  # no DP: nothing is clipped
+        ({}, "mlp"),  # auto without DP: the plain latent MLP
+    ],
+)
+def test_latent_share_model_is_the_server_learners_structure(plan, kw: dict[str, object], learner: str) -> None:
+    from fedlatent.learners import ClippedClassifier, fit_server_learner
+    from fedlatent.plan import share_clip
+
+    cfg = RunConfig.from_run_config({"mode": "latent-share", "latent-dim": 8, "server-epochs": 1, **kw})
+    assert cfg.learner == learner
+    model = build_classifier(cfg, plan.dataset)
+    if not kw:
+        assert isinstance(model, LatentClassifier)
+        return
+    assert isinstance(model, ClippedClassifier)
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(200, 8, generator=g), torch.arange(200) % 10
+    noise = 0.5 if cfg.dp else 0.0
+    fitted = fit_server_learner(
+        z, y, kind=learner, num_classes=10, clip=share_clip(cfg), noise_std=noise, epochs=1, generator=g
+    )
+    model.load_state_dict(fitted.state_dict())  # strict: same keys and shapes, so it travels as weights
+    torch.testing.assert_close(model(z), fitted(z))
+    big = 1e6 * z[:3]
+    if cfg.dp:  # inputs are clipped to latent-clip, as the release was
+        torch.testing.assert_close(model(big), model(big / 10))

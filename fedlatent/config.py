@@ -80,6 +80,9 @@ class RunConfig:
     latent_dim: int = _key(32, _at_least(1), "size of the latent vector")
     ae_arch: str = _key("mlp", _choice(AE_ARCHS), "autoencoder: mlp | conv")
     ae_epochs: int = _key(50, _at_least(1), "autoencoder epochs (federated: per round)")
+    ae_labels: float = _key(
+        0.0, _at_least(0.0), "public encoder: weight of a loss on the public labels (0 = reconstruction only)"
+    )
     encoder_rounds: int = _key(3, _at_least(1), "FedAvg rounds of the federated encoder")
     classifier_arch: str = _key("mlp", _choice(CLASSIFIER_ARCHS), "raw classifier: mlp | cnn")
     local_epochs: int = _key(5, _at_least(1), "client epochs per round")
@@ -146,6 +149,8 @@ class RunConfig:
                     f"config key 'encoder-epsilon' = {self.encoder_epsilon} must be below 'epsilon' = {self.epsilon}: "
                     "it is the part of each client's budget spent on the encoder"
                 )
+        if self.ae_labels > 0 and self.encoder != "public":
+            raise ConfigError("config key 'ae-labels' applies to the public encoder only (public labels are free)")
         if self.client_dp_noise > 0 and self.mode == "latent-share":
             raise ConfigError("config key 'client-dp-noise' applies to weight updates (raw, latent-fedavg) only")
 

@@ -94,6 +94,7 @@ class Autoencoder(nn.Module):
 
     def __init__(self, *, image_shape: tuple[int, int, int], latent_dim: int, arch: str = "mlp") -> None:
         super().__init__()
+        self.image_shape = image_shape
         self.encoder = Encoder(image_shape=image_shape, latent_dim=latent_dim, arch=arch)
         self.decoder = Decoder(image_shape=image_shape, latent_dim=latent_dim, arch=arch)
 

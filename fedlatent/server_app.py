@@ -33,7 +33,7 @@ from .plan import DataPlan, build_autoencoder, build_classifier, generator, make
 from .report import RunRecord, jsonable, run_directory
 from .server_view import ServerView
 from .strategy import ClientLevelDP, PrivacyLog, RecordingFedAvg, Traffic, accept
-from .training import encode, evaluate, train_autoencoder, train_classifier
+from .training import encode, evaluate, train_autoencoder, train_classifier, train_hybrid_autoencoder
 
 app = ServerApp()
 log = logging.getLogger("fedlatent")
@@ -121,18 +121,21 @@ def encoder_phase(
         return None
     ae = build_autoencoder(cfg, ds)
     if cfg.encoder == "public":
-        x, _ = plan.public()
-        settings = ("seed", "latent_dim", "ae_arch", "ae_epochs", "batch_size", "lr")
-        key = {k: getattr(cfg, k) for k in settings} | {"data": data_digest(x.numpy()), "version": __version__}
-        loss, hit = cached_training(
-            cfg.cache_dir,
-            name="public-autoencoder",
-            key=key,
-            module=ae,
-            train=lambda: train_autoencoder(
-                ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg, 0)
-            ),
-        )
+        x, y = plan.public()
+        settings = ("seed", "latent_dim", "ae_arch", "ae_epochs", "ae_labels", "batch_size", "lr")
+        data = data_digest(x.numpy(), y.numpy())
+        key = {k: getattr(cfg, k) for k in settings} | {"data": data, "version": __version__}
+
+        def train() -> float:
+            gen = generator(cfg, 0)
+            if cfg.ae_labels > 0:
+                return train_hybrid_autoencoder(
+                    ae, x, y, num_classes=ds.num_classes, label_weight=cfg.ae_labels,
+                    epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen,
+                )  # fmt: skip
+            return train_autoencoder(ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
+
+        loss, hit = cached_training(cfg.cache_dir, name="public-autoencoder", key=key, module=ae, train=train)
         how = "loaded from the cache" if hit else "trained"
         log.info("public autoencoder %s (%d records), reconstruction loss %.4f", how, len(x), loss)
     else:

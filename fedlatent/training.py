@@ -129,6 +129,45 @@ def train_autoencoder(
     return fit(model, loader, optimizer, epochs=epochs, loss_fn=reconstruction_loss)
 
 
+class _WithHead(nn.Module):
+    """An autoencoder plus a linear head on its latent, for ``train_hybrid_autoencoder``."""
+
+    def __init__(self, ae: Autoencoder, num_classes: int, label_weight: float) -> None:
+        super().__init__()
+        self.ae, self.label_weight = ae, label_weight
+        latent_dim = ae.encoder(torch.zeros(1, *ae.image_shape)).shape[1]
+        self.head = nn.Linear(latent_dim, num_classes)
+
+    def loss(self, _: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = self.ae.encoder(x)
+        recon = nn.functional.binary_cross_entropy(self.ae.decoder(z), x)
+        return recon + self.label_weight * nn.functional.cross_entropy(self.head(z), y)
+
+
+def train_hybrid_autoencoder(
+    model: Autoencoder,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    num_classes: int,
+    label_weight: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+) -> float:
+    """Train an autoencoder on reconstruction plus ``label_weight`` x cross-entropy of a linear head.
+
+    For the *public* split only, whose labels cost no privacy: the latent then keeps what
+    separates the classes, not just what redraws the pixels. The head is discarded with the
+    decoder; the mean combined loss of the last epoch is returned.
+    """
+    hybrid = _WithHead(model, num_classes, label_weight)
+    loader = make_loader(x, y, batch_size=batch_size, generator=generator)
+    optimizer = torch.optim.Adam(hybrid.parameters(), lr=lr)
+    return fit(hybrid, loader, optimizer, epochs=epochs, loss_fn=hybrid.loss)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 2048) -> tuple[float, float]:
     """Return ``(mean cross-entropy, accuracy)`` of a classifier on ``(x, y)``."""

@@ -140,3 +140,29 @@ def test_encode_shape_and_no_grad():
     assert not enc.training
     with torch.no_grad():
         assert torch.allclose(z, enc(x))
+
+
+def test_hybrid_autoencoder_makes_latents_carry_the_public_labels():
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from fedlatent.training import encode, train_autoencoder, train_hybrid_autoencoder
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images[:600] / 16.0).float()[:, None]
+    y = torch.from_numpy(digits.target[:600]).long()
+    accs = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        ae = Autoencoder(image_shape=(1, 8, 8), latent_dim=2)  # 2-d: too small to keep everything
+        keys = set(ae.state_dict())
+        kw = {"epochs": 15, "batch_size": 32, "lr": 1e-3, "generator": torch.Generator().manual_seed(0)}
+        if weight:
+            train_hybrid_autoencoder(ae, x[:400], y[:400], num_classes=10, label_weight=weight, **kw)
+        else:
+            train_autoencoder(ae, x[:400], **kw)
+        assert set(ae.state_dict()) == keys  # the head is not part of the autoencoder
+        z = encode(ae.encoder, x).numpy()
+        probe = LogisticRegression(max_iter=2000).fit(z[:400], y[:400].numpy())
+        accs[weight] = probe.score(z[400:], y[400:].numpy())
+    assert accs[1.0] > accs[0.0] + 0.1, accs

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedlatent.cli import app_dir
 from fedlatent.launcher import LocalSuperLink
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models on 2 shared cores: extra intra-op threads only add contention (3-30x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 # Small but not trivial: 2 clients, 2 rounds, encoders trained long enough to be useful.
 FAST = {

@@ -20,15 +20,6 @@ from fedlatent.plan import build_classifier
 from fedlatent.training import train_classifier
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on 2 shared cores: extra intra-op threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits() -> Dataset:
     return load_dataset("digits")

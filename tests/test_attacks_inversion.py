@@ -29,15 +29,6 @@ N_AUX = 700
 PARTS = ((700, 900), (900, 1100))  # two clients' private slices of the training split
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Run torch on one thread: on a small shared machine, more threads spin and are far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @functools.cache
 def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     ds = load_dataset("digits")

@@ -26,15 +26,6 @@ OVERFIT = _ORDER[300:350]  # the overfit model's only training records
 UNSEEN = _ORDER[600:1000]  # "members" that the second model never saw
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on 2 shared cores: extra intra-op threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits() -> Dataset:
     ds = load_dataset("digits")

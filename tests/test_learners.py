@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -39,15 +38,6 @@ def accuracy(kind: str, z: torch.Tensor, y: torch.Tensor, std: float, test: tupl
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     return evaluate(model, *reversed(test))[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: extra threads only add contention on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

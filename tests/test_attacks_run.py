@@ -42,6 +42,7 @@ def test_attacks_run_on_what_the_server_saw(
         assert entry["status"] == "done" and entry["settings"] and entry["seconds"] >= 0
         if name == "membership":
             assert 0.0 <= entry["auc"] <= 1.0 and 0.0 <= entry["shadow"]["tpr_at_0.01_fpr"] <= 1.0
+            assert (run / "attacks" / "membership-roc.png").stat().st_size > 1000
         elif entry.get("ssim") is not None:
             assert -1.0 <= entry["ssim"] <= 1.0 and np.isfinite(entry["psnr"])
             assert "leakage_ssim" in entry

@@ -65,12 +65,13 @@ def _membership(view: AttackerView, truth: Truth, s: dict[str, Any], seed: int) 
     private = sum(len(v) for v in truth.client_x.values())
     n = min(int(s["candidates"]), 2 * private, 2 * len(view.test_x))
     x, y, is_member = candidates(truth, view, n=n, seed=seed)  # only x, y reach the attacks
-    shadow_kw = {k: v for k, v in s.items() if k in ("num_shadows", "epochs")}
-    scores = {
-        "loss": score_membership(loss_attack(view, x, y), is_member),
-        "shadow": score_membership(shadow_attack(view, x, y, seed=seed, **shadow_kw), is_member),
-    }
+    shadow_kw = {k: v for k, v in s.items() if k in ("num_shadows", "epochs")}  # "figure" is not a setting
+    raw = {"loss": loss_attack(view, x, y), "shadow": shadow_attack(view, x, y, seed=seed, **shadow_kw)}
+    scores = {name: score_membership(v, is_member) for name, v in raw.items()}
     best = max(scores.values(), key=lambda v: v["auc"])
+    figure = s.get("figure")
+    if figure is not None:
+        plot_roc(Path(figure), raw, is_member, title=f"membership inference: {view.cfg.mode} ({view.cfg.dataset})")
     return {**scores, "auc": best["auc"], "settings": {"candidates": n, **shadow_kw, "seed": seed}}, []
 
 
@@ -123,8 +124,12 @@ def run_attacks(
     for i, name in enumerate(f for f in FAMILIES if f in only):
         progress(f"[{i + 1}/{len(only)}] {name} ...")
         start = time.time()
+        settings = dict(PRESETS[preset][name])
+        if name == "membership":
+            settings["figure"] = figures / "membership-roc.png"
+            figures.mkdir(exist_ok=True)
         try:
-            scores, rows = ATTACKS[name](view, truth, dict(PRESETS[preset][name]), seed)
+            scores, rows = ATTACKS[name](view, truth, settings, seed)
         except NotApplicable as err:
             report["attacks"][name] = {"status": "not-applicable", "reason": str(err)}
             progress(f"      not applicable: {err}")
@@ -186,4 +191,28 @@ def plot_grid(path: Path, rows: list[tuple[str, np.ndarray]], *, title: str) -> 
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_roc(path: Path, scores: dict[str, np.ndarray], is_member: np.ndarray, *, title: str) -> None:
+    """ROC curves of membership scores on log-log axes (the low-FPR region is what matters)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    for name, s in scores.items():
+        fpr, tpr, _ = roc_curve(is_member.astype(int), s)
+        ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), label=name)
+    ax.plot([1e-4, 1], [1e-4, 1], "k--", lw=0.8, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -22,7 +22,7 @@ from fedlatent.server_view import load_server_view
 CONFIG = {
     "dataset": "digits",
     "num-clients": 2,
-    "rounds": 2,
+    "rounds": 1,  # each message is a fresh process here (~5 s each): keep them few
     "ae-epochs": 20,
     "local-epochs": 2,
     "server-epochs": 5,
@@ -87,7 +87,7 @@ def test_local_encoder_survives_fresh_clientapp_processes(tmp_path: Path) -> Non
     for log_file in deployment.node_logs:  # one fresh ClientApp process per message
         log = log_file.read_text()
         received = [line.split("Receiving: ")[1].split()[0] for line in log.splitlines() if "Receiving: " in line]
-        assert received[0] == "query.local_encoder" and received.count("train") == 2, received
+        assert received[0] == "query.local_encoder" and received.count("train") == 1, received
         assert "evaluate" in received
         assert log.count("Start `flwr-clientapp` process") == len(received)
 

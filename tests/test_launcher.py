@@ -175,17 +175,6 @@ def test_successful_run(app_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_failing_serverapp_raises(app_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(FederationError, match="finished:failed") as info:
-        run_federation(
-            app_dir, run_config={"out-file": str(tmp_path / "out.json"), "fail": True},
-            num_supernodes=2, flwr_home=tmp_path / "home", timeout=600, echo=None,
-        )  # fmt: skip
-    assert "probe asked to fail" in str(info.value)
-    assert not (tmp_path / "out.json").exists()
-
-
-@pytest.mark.slow
 def test_reuse_and_no_leftover_processes(app_dir: Path, tmp_path: Path) -> None:
     link = LocalSuperLink(flwr_home=tmp_path / "home", workdir=tmp_path)
     with link:
@@ -198,6 +187,12 @@ def test_reuse_and_no_leftover_processes(app_dir: Path, tmp_path: Path) -> None:
             found = json.loads(out.read_text())
             assert found["partition_ids"] == [0, 1]
             assert found["server"]["cwd"] == str(tmp_path.resolve())
+            if i == 0:  # a failing ServerApp raises (flwr run's exit code says 0) and the link stays usable
+                failed = tmp_path / "failed.json"
+                with pytest.raises(FederationError, match="finished:failed") as info:
+                    link.run(app_dir, run_config={"out-file": str(failed), "fail": True}, num_supernodes=2, timeout=600)
+                assert "probe asked to fail" in str(info.value)
+                assert not failed.exists()
         # Our sessions: the SuperLink's and those of its children (SuperExec's holds Ray).
         sessions = {sid for p, sid, _ in _live_processes() if p == pid} | {pid}
         sessions |= {p for p, sid, cmd in _live_processes() if p == sid and f"127.0.0.1:{port}" in cmd}

@@ -16,10 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import __version__
+from .cache import cached_training, data_digest
 from .config import RunConfig
 from .data import Dataset, load_dataset, partition, public_private_split
 from .learners import ClippedClassifier
 from .models import Autoencoder, ImageClassifier, LatentClassifier
+from .training import train_autoencoder, train_hybrid_autoencoder
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,30 @@ def build_autoencoder(cfg: RunConfig, ds: Dataset) -> Autoencoder:
     with torch.random.fork_rng():  # seed the init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         return Autoencoder(image_shape=ds.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
+
+
+def public_autoencoder(cfg: RunConfig, plan: DataPlan) -> tuple[Autoencoder, float, bool]:
+    """The ``public`` encoder's autoencoder, trained on the public split; ``(ae, loss, cache hit)``.
+
+    Reconstruction only, or with ``ae-labels`` > 0 also a loss on the public labels. With a
+    ``cache-dir`` the weights come from the cache when every setting and the data agree.
+    """
+    ae = build_autoencoder(cfg, plan.dataset)
+    x, y = plan.public()
+    settings = ("seed", "latent_dim", "ae_arch", "ae_epochs", "ae_labels", "batch_size", "lr")
+    key = {k: getattr(cfg, k) for k in settings} | {"data": data_digest(x.numpy(), y.numpy()), "version": __version__}
+
+    def train() -> float:
+        gen = generator(cfg, 0)
+        if cfg.ae_labels > 0:
+            return train_hybrid_autoencoder(
+                ae, x, y, num_classes=plan.dataset.num_classes, label_weight=cfg.ae_labels,
+                epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen,
+            )  # fmt: skip
+        return train_autoencoder(ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
+
+    loss, hit = cached_training(cfg.cache_dir, name="public-autoencoder", key=key, module=ae, train=train)
+    return ae, loss, hit
 
 
 def build_classifier(cfg: RunConfig, ds: Dataset) -> nn.Module:

@@ -22,18 +22,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from . import __version__
 from . import payloads as P
-from .cache import cached_training, data_digest
 from .client_dp import release_noise_std
 from .config import RunConfig
 from .learners import fit_server_learner
 from .models import Encoder
-from .plan import DataPlan, build_autoencoder, build_classifier, generator, make_plan, share_clip
+from .plan import DataPlan, build_autoencoder, build_classifier, generator, make_plan, public_autoencoder, share_clip
 from .report import RunRecord, jsonable, run_directory
 from .server_view import ServerView
 from .strategy import ClientLevelDP, PrivacyLog, RecordingFedAvg, Traffic, accept
-from .training import encode, evaluate, train_autoencoder, train_classifier, train_hybrid_autoencoder
+from .training import encode, evaluate, train_classifier
 
 app = ServerApp()
 log = logging.getLogger("fedlatent")
@@ -123,26 +121,12 @@ def encoder_phase(
         ok = [accept(m, phase="local-encoder", rnd=0, view=view, traffic=traffic) for m in replies]
         log.info("local encoders trained on %d of %d clients", sum(p is not None for p in ok), len(nodes))
         return None
-    ae = build_autoencoder(cfg, ds)
     if cfg.encoder == "public":
-        x, y = plan.public()
-        settings = ("seed", "latent_dim", "ae_arch", "ae_epochs", "ae_labels", "batch_size", "lr")
-        data = data_digest(x.numpy(), y.numpy())
-        key = {k: getattr(cfg, k) for k in settings} | {"data": data, "version": __version__}
-
-        def train() -> float:
-            gen = generator(cfg, 0)
-            if cfg.ae_labels > 0:
-                return train_hybrid_autoencoder(
-                    ae, x, y, num_classes=ds.num_classes, label_weight=cfg.ae_labels,
-                    epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen,
-                )  # fmt: skip
-            return train_autoencoder(ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
-
-        loss, hit = cached_training(cfg.cache_dir, name="public-autoencoder", key=key, module=ae, train=train)
+        ae, loss, hit = public_autoencoder(cfg, plan)
         how = "loaded from the cache" if hit else "trained"
-        log.info("public autoencoder %s (%d records), reconstruction loss %.4f", how, len(x), loss)
+        log.info("public autoencoder %s (%d records), loss %.4f", how, len(plan.public_idx), loss)
     else:
+        ae = build_autoencoder(cfg, ds)
         strategy = RecordingFedAvg(
             phase=P.PHASE_ENCODER,
             shapes=P.shapes_of(ae),

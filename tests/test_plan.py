@@ -143,3 +143,18 @@ def test_latent_share_model_is_the_server_learners_structure(plan, kw: dict[str,
     big = 1e6 * z[:3]
     if cfg.dp:  # inputs are clipped to latent-clip, as the release was
         torch.testing.assert_close(model(big), model(big / 10))
+
+
+def test_public_autoencoder_is_cached_on_its_settings(tmp_path) -> None:
+    from fedlatent.plan import public_autoencoder
+
+    cfg = RunConfig.from_run_config({"ae-epochs": 2, "latent-dim": 4, "cache-dir": str(tmp_path)})
+    plan = make_plan(cfg)
+    ae, loss, hit = public_autoencoder(cfg, plan)
+    again, loss2, hit2 = public_autoencoder(cfg, plan)
+    assert (hit, hit2) == (False, True) and loss == loss2
+    for a, b in zip(ae.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    hybrid = RunConfig.from_run_config({**cfg.to_run_config(), "ae-labels": 1.0})
+    _, _, hit3 = public_autoencoder(hybrid, plan)  # another objective: another entry
+    assert hit3 is False and len(list(tmp_path.glob("public-autoencoder-*.pt"))) == 2

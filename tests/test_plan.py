@@ -148,7 +148,7 @@ def test_latent_share_model_is_the_server_learners_structure(plan, kw: dict[str,
 def test_public_autoencoder_is_cached_on_its_settings(tmp_path) -> None:
     from fedlatent.plan import public_autoencoder
 
-    cfg = RunConfig.from_run_config({"ae-epochs": 2, "latent-dim": 4, "cache-dir": str(tmp_path)})
+    cfg = RunConfig.from_run_config({"ae-epochs": 2, "latent-dim": 4, "num-clients": 2, "cache-dir": str(tmp_path)})
     plan = make_plan(cfg)
     ae, loss, hit = public_autoencoder(cfg, plan)
     again, loss2, hit2 = public_autoencoder(cfg, plan)

@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--modes", nargs="+", choices=COMPARE_MODES, default=list(COMPARE_MODES))
     compare.add_argument(
         "--attack",
-        choices=("full", "quick"),
+        choices=("full", "standard", "quick"),
         default=None,
         help="also run every attack on every run (at this effort) and add their columns",
     )
@@ -210,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     attack = verbs.add_parser("attack", help="run the privacy attacks on finished runs; write attacks.json + PNGs")
     attack.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by run/compare")
     attack.add_argument("--only", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="attack families to run")
-    attack.add_argument("--preset", choices=("full", "quick"), default="full", help="attack effort (quick: smoke test)")
+    attack.add_argument(
+        "--preset", choices=("full", "standard", "quick"), default="full", help="attack effort (quick: smoke test)"
+    )
     attack.add_argument("--seed", type=int, default=0, help="seed of the attacks")
     attack.set_defaults(func=cmd_attack)
     return parser

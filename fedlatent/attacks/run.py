@@ -27,13 +27,20 @@ from .model_inversion import model_inversion, score_model_inversion
 from .names import FAMILIES
 from .view import AttackerView, Truth, load_attacker_view, load_truth
 
-# Attack effort. "full" is what results are reported with; "quick" is for smoke tests only.
+# Attack effort: "full" is the default; "quick" is for smoke tests only.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "latent-inversion": {"epochs": 100, "shadow_epochs": 50},
         "gradient-inversion": {"max_uploads": 3, "num_inputs": 1, "steps": 300},
         "membership": {"candidates": 2000, "num_shadows": 4},
         "model-inversion": {"steps": 300, "inverse_epochs": 100},
+    },
+    # ~5x less training of the inverse/shadow networks than "full": for 2-core machines.
+    "standard": {
+        "latent-inversion": {"epochs": 20, "shadow_epochs": 10, "noise_draws": 2},
+        "gradient-inversion": {"max_uploads": 3, "num_inputs": 1, "steps": 300, "inverse_epochs": 20},
+        "membership": {"candidates": 2000, "num_shadows": 4},
+        "model-inversion": {"steps": 300, "inverse_epochs": 20, "shadow_epochs": 10},
     },
     "quick": {
         "latent-inversion": {"epochs": 15, "shadow_epochs": 5, "noise_draws": 1},

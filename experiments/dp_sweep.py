@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra run-config keys")
     ap.add_argument("--attack", choices=("full", "quick"), default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/dp-sweep"))
+    ap.add_argument("--collect", action="store_true", help="run nothing: tabulate the runs already in --out")
     args = ap.parse_args()
     out = args.out.resolve()
     extra = dict(item.split("=", 1) for item in args.set)
@@ -45,6 +46,13 @@ def main() -> None:
         base.setdefault("ae-epochs", 30)
     plan = [(p, m, e) for p in args.partitions for m in args.modes for e in args.epsilons]
     rows: list[dict[str, Any]] = []
+    if args.collect:
+        for part, mode, eps in plan:
+            run_dir = out / part / f"{mode}-eps{eps:g}"
+            if (run_dir / "results.json").is_file():
+                rows.append(row_of(part, mode, eps, json.loads((run_dir / "results.json").read_text()), run_dir))
+        write(out, rows)
+        return
     with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home, LocalSuperLink(flwr_home=Path(home)) as link:
         for i, (part, mode, eps) in enumerate(plan):
             run_dir = out / part / f"{mode}-eps{eps:g}"
@@ -58,20 +66,25 @@ def main() -> None:
                 res = run_one(link, cfg, verbose=False, timeout=6 * 3600)
             if args.attack and not (run_dir / "attacks.json").is_file():
                 run_attacks(run_dir, preset=args.attack)
-            row = {
-                "partition": part,
-                "mode": mode,
-                "target_epsilon": eps,
-                "accuracy": res["accuracy"],
-                "epsilon": res["epsilon"],
-                "end_to_end_dp": res["end_to_end_dp"],
-                "refusals": len(res["refusals"]),
-                "wall_seconds": res["wall_seconds"],
-                **attack_columns(run_dir / "attacks.json"),
-            }
+            row = row_of(part, mode, eps, res, run_dir)
             rows.append(row)
             print(f"   accuracy {row['accuracy']:.4f}  epsilon {row['epsilon']}  ({time.time() - start:.0f} s)")
             write(out, rows)
+
+
+def row_of(part: str, mode: str, eps: float, res: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """One line of the sweep table: accuracy, privacy actually spent, attack worst cases."""
+    return {
+        "partition": part,
+        "mode": mode,
+        "target_epsilon": eps,
+        "accuracy": res["accuracy"],
+        "epsilon": res["epsilon"],
+        "end_to_end_dp": res["end_to_end_dp"],
+        "refusals": len(res["refusals"]),
+        "wall_seconds": res["wall_seconds"],
+        **attack_columns(run_dir / "attacks.json"),
+    }
 
 
 def write(out: Path, rows: list[dict[str, Any]]) -> None:

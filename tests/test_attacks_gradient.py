@@ -173,3 +173,13 @@ def test_gradient_inversion_with_a_local_encoder_reports_latents_only(digits):
 def test_attack_takes_no_private_data():
     params = inspect.signature(gradient_inversion).parameters
     assert "truth" not in params and all(p.annotation != "Truth" for p in params.values())
+
+
+def test_a_run_without_weight_uploads_is_not_applicable(digits):
+    import dataclasses
+
+    from fedlatent.attacks.inversion import NotApplicable
+
+    view, _ = synthetic_view(digits, {"mode": "raw"}, encoder=False)
+    with pytest.raises(NotApplicable, match="no classifier weight uploads"):
+        gradient_inversion(dataclasses.replace(view, uploads=[]), steps=1)

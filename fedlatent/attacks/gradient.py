@@ -31,7 +31,7 @@ from torch import nn
 
 from ..metrics import psnr, ssim
 from ..training import encode
-from .inversion import train_inverse
+from .inversion import NotApplicable, train_inverse
 from .view import AttackerView, Truth
 
 Key = tuple[int, int]  # (round, partition)
@@ -224,6 +224,8 @@ def gradient_inversion(
     """
     cfg = view.cfg
     uploads = [u for u in view.uploads if u.phase == "classifier" and u.start is not None][:max_uploads]
+    if not uploads:
+        raise NotApplicable(f"no classifier weight uploads to invert (mode {cfg.mode})")
     latent = cfg.is_latent
     input_shape: tuple[int, ...] = (cfg.latent_dim,) if latent else view.image_shape
     settings: dict[str, Any] = dict(max_uploads=max_uploads, num_inputs=num_inputs, steps=steps, lr=lr, loss=loss)

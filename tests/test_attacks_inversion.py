@@ -203,3 +203,15 @@ def test_attacks_take_only_the_view_and_settings(attack):
         assert p.kind is inspect.Parameter.KEYWORD_ONLY
         assert "Truth" not in str(p.annotation) and "truth" not in p.name and "private" not in p.name
         assert isinstance(p.default, (int, float)), f"{p.name} is a setting and needs a plain default"
+
+
+def test_attacker_assumes_the_noise_clients_really_added() -> None:
+    from fedlatent.client_dp import release_noise_std
+
+    cfg = RunConfig.from_run_config(
+        {"mode": "latent-share", "encoder": "federated", "epsilon": 3.0, "encoder-epsilon": 1.0}
+    )
+    empty = np.zeros((1, 1, 8, 8), np.float32)
+    labels = np.zeros(1, np.int64)
+    view = AttackerView(cfg, empty, labels, empty, labels, 10, None, {})
+    assert view.latent_noise_std() == release_noise_std(cfg)  # calibrated for epsilon - encoder-epsilon

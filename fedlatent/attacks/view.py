@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..client_dp import release_noise_std
 from ..config import RunConfig
 from ..data import load_dataset
 from ..models import Encoder
 from ..plan import build_classifier
-from ..privacy import latent_noise_std
 from ..server_view import load_server_view
 
 _UPLOAD = re.compile(r"received/(?P<phase>[a-z-]+)-r(?P<rnd>\d+)-p(?P<pid>\d+)\.npz")
@@ -87,7 +87,7 @@ class AttackerView:
         cfg = self.cfg
         if cfg.mode != "latent-share" or not cfg.dp:
             return 0.0
-        return latent_noise_std(epsilon=cfg.epsilon, delta=cfg.delta, clip=cfg.latent_clip, accountant=cfg.accountant)
+        return release_noise_std(cfg)  # the clients' own calibration (epsilon minus a DP encoder's share)
 
 
 def load_attacker_view(run_dir: str | Path) -> AttackerView:

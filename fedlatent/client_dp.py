@@ -20,17 +20,16 @@ from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
 from .config import RunConfig
+from .dp_sgd import dp_fit, dp_steps
 from .payloads import PHASE_CLASSIFIER, PHASE_ENCODER
 from .privacy import (
     Ledger,
     calibrate_noise_multiplier,
-    dp_fit,
-    dp_steps,
     gaussian_release,
     latent_noise_std,
     randomized_response,
 )
-from .training import classification_loss, record_reconstruction_loss
+from .training import classification_losses, reconstruction_record_losses
 
 LEDGER_STATE = "dp-ledger"
 
@@ -102,7 +101,7 @@ def train_round(
         model,
         x,
         y,
-        loss_fn=record_reconstruction_loss if phase == PHASE_ENCODER else classification_loss,
+        record_loss_fn=reconstruction_record_losses if phase == PHASE_ENCODER else classification_losses,
         epochs=cfg.ae_epochs if phase == PHASE_ENCODER else cfg.local_epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,

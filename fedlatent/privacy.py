@@ -2,8 +2,8 @@
 
 What: the ε of DP-SGD runs (Opacus' RDP or PRV accountant), noise calibration for a target
 ε, a per-client ``Ledger`` that persists across Flower rounds and refuses to overspend, the
-Gaussian mechanism for releasing clipped latents, k-ary randomized response for labels,
-Poisson-sampled minibatches, and ``dp_fit``, a DP-SGD training loop built on Opacus.
+Gaussian mechanism for releasing clipped latents and k-ary randomized response for labels.
+The DP-SGD training loop itself is in ``dp_sgd.py``.
 
 Why here: every privacy claim in a result file is computed by this module and nowhere else,
 with library accountants rather than hand formulas, so what ε means can be audited in one
@@ -14,17 +14,12 @@ in plain values (``Ledger.to_config``) that the apps persist.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from opacus import GradSampleModule
 from opacus.accountants import create_accountant
-from opacus.optimizers import DPOptimizer
-from torch import nn
-
-from .training import LossFn
 
 ACCOUNTANTS = ("rdp", "prv")
 _MAX_SIGMA = 1e6
@@ -276,109 +271,3 @@ def randomized_response(
     keep = torch.rand(labels.shape, generator=generator) < keep_prob
     offset = torch.randint(1, num_classes, labels.shape, generator=generator)
     return torch.where(keep, labels, (labels + offset) % num_classes)
-
-
-class PoissonBatches:
-    """``steps`` minibatches, each holding every record independently with probability ``sample_rate``.
-
-    This is the sampling the accountants assume; batch sizes vary and may be zero.
-    """
-
-    def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, *, sample_rate: float, steps: int, generator: torch.Generator
-    ) -> None:
-        if not (0 < sample_rate <= 1 and steps >= 0 and len(x) == len(y)):
-            raise ValueError(f"need sample_rate in (0, 1], steps >= 0, len(x) == len(y); got {sample_rate}, {steps}")
-        self.x, self.y, self.sample_rate, self.steps, self.generator = x, y, sample_rate, steps, generator
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for _ in range(self.steps):
-            mask = torch.rand(len(self.x), generator=self.generator) < self.sample_rate
-            yield self.x[mask], self.y[mask]
-
-    def __len__(self) -> int:
-        return self.steps
-
-
-def dp_steps(*, epochs: float, sample_rate: float) -> int:
-    """Number of DP-SGD steps ``dp_fit`` takes: ``ceil(epochs / sample_rate)``."""
-    if epochs < 0 or not 0.0 < sample_rate <= 1.0:
-        raise ValueError(f"need epochs >= 0 and sample_rate in (0, 1], got {epochs}, {sample_rate}")
-    return math.ceil(epochs / sample_rate - 1e-9)
-
-
-def dp_fit(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    loss_fn: LossFn,
-    epochs: float,
-    batch_size: int,
-    lr: float,
-    noise_multiplier: float,
-    max_grad_norm: float,
-    generator: torch.Generator,
-) -> tuple[float, int, float]:
-    """Train ``model`` in place with DP-SGD; return ``(mean loss, steps, sample_rate)``.
-
-    ``opacus.GradSampleModule`` computes per-sample gradients; ``opacus.optimizers.DPOptimizer``
-    clips them to ``max_grad_norm``, adds N(0, (noise_multiplier · max_grad_norm)²) noise from
-    a generator seeded by ``generator`` (reproducible; not Opacus' ``secure_mode``) and divides
-    by the expected batch size. The base optimizer is Adam, as in non-private training, so one
-    ``lr`` serves both (Adam only post-processes privatized gradients). Batches are Poisson
-    samples at ``sample_rate = min(1, batch_size / len(x))``, ``dp_steps(...)`` of them: give
-    both to ``Ledger.record``. The mean loss is record-weighted over the last epoch's steps.
-
-    ``training.fit`` is not reused: it skips empty batches, but the accountant counts every
-    step and a skipped one would reveal that nobody was sampled. An empty batch takes a step
-    of pure noise, as with Opacus' own Poisson loader (zero-length per-sample gradients).
-    Afterwards hooks and Opacus' parameter attributes are gone and ``model`` (never wrapped
-    itself) holds the trained weights under its own state_dict keys.
-
-    Raises
-    ------
-    FloatingPointError
-        If the loss becomes NaN or infinite.
-    """
-    if len(x) == 0:
-        raise ValueError("dp_fit needs at least one record")
-    sample_rate = min(1.0, batch_size / len(x))
-    steps = dp_steps(epochs=epochs, sample_rate=sample_rate)
-    noise_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-    loader = PoissonBatches(x, y, sample_rate=sample_rate, steps=steps, generator=generator)
-    wrapped = GradSampleModule(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = DPOptimizer(
-        torch.optim.Adam(params, lr=lr),
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm,
-        expected_batch_size=min(batch_size, len(x)),
-        generator=noise_gen,
-    )
-    last_epoch = min(steps, math.ceil(1 / sample_rate - 1e-9))
-    totals: list[tuple[float, int]] = []
-    try:
-        wrapped.train()
-        for xb, yb in loader:
-            optimizer.zero_grad()
-            if len(xb) == 0:
-                for p in params:
-                    p.grad_sample = p.new_zeros((0, *p.shape))  # type: ignore[attr-defined]
-                totals.append((0.0, 0))
-            else:
-                loss = loss_fn(wrapped, xb, yb)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss.item()}")
-                loss.backward()
-                totals.append((loss.item() * len(xb), len(xb)))
-            optimizer.step()
-    finally:
-        optimizer.zero_grad(set_to_none=True)
-        wrapped.to_standard_module()
-        for p in model.parameters():
-            if hasattr(p, "summed_grad"):
-                delattr(p, "summed_grad")
-    count = sum(n for _, n in totals[len(totals) - last_epoch :])
-    mean = sum(s for s, _ in totals[len(totals) - last_epoch :]) / count if count else float("nan")
-    return mean, steps, sample_rate

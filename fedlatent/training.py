@@ -29,15 +29,20 @@ def reconstruction_loss(model: nn.Module, x: torch.Tensor, _: torch.Tensor) -> t
     return nn.functional.binary_cross_entropy(model(x), x)
 
 
-def record_reconstruction_loss(model: nn.Module, x: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy summed over each record's pixels, averaged over records.
+def classification_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each record, shape ``(len(x),)``: what DP-SGD clips record by record."""
+    return nn.functional.cross_entropy(model(x), y, reduction="none")
 
-    Same minimum as ``reconstruction_loss``, but each record's gradient is not divided by
-    the pixel count: under DP-SGD that division would shrink the signal far below the
-    clipping norm, and so below the noise.
+
+def reconstruction_record_losses(model: nn.Module, x: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy summed over each record's pixels, shape ``(len(x),)``.
+
+    Same minimum as ``reconstruction_loss``, but a record's gradient is not divided by the
+    pixel count: under DP-SGD that division would shrink the signal far below the clipping
+    norm, and so below the noise.
     """
     per_pixel = nn.functional.binary_cross_entropy(model(x), x, reduction="none")
-    return per_pixel.flatten(1).sum(1).mean()
+    return per_pixel.flatten(1).sum(1)
 
 
 class Batches:

@@ -11,24 +11,22 @@ from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from fedlatent import privacy
+from fedlatent import dp_sgd
+from fedlatent.dp_sgd import PoissonBatches, dp_fit, dp_steps
 from fedlatent.models import LatentClassifier
 from fedlatent.privacy import (
     ACCOUNTANTS,
     BudgetExhausted,
     Ledger,
-    PoissonBatches,
     calibrate_noise_multiplier,
     clip_rows,
     compose_epsilon,
-    dp_fit,
     dp_sgd_epsilon,
-    dp_steps,
     gaussian_release,
     latent_noise_std,
     randomized_response,
 )
-from fedlatent.training import classification_loss, evaluate
+from fedlatent.training import classification_losses, evaluate
 
 # Small noise multipliers push Opacus' best RDP order to the end of its grid; it warns.
 # Opacus' per-sample-gradient hooks fire on inputs that need no gradient; torch says so.
@@ -340,7 +338,7 @@ def classifier(seed: int = 0) -> LatentClassifier:
 
 def fit(model, x, y, **overrides):
     kw = {
-        "loss_fn": classification_loss,
+        "record_loss_fn": classification_losses,
         "epochs": 4.0,
         "batch_size": 50,
         "lr": 0.01,
@@ -392,7 +390,7 @@ class _EmptyBatches(PoissonBatches):
 
 
 def test_dp_fit_empty_batches_take_noise_only_steps(monkeypatch):
-    monkeypatch.setattr(privacy, "PoissonBatches", _EmptyBatches)
+    monkeypatch.setattr(dp_sgd, "PoissonBatches", _EmptyBatches)
     x, y = blobs(15)
     before = classifier().state_dict()
     quiet = classifier()
@@ -402,3 +400,24 @@ def test_dp_fit_empty_batches_take_noise_only_steps(monkeypatch):
     noisy = classifier()
     fit(noisy, x, y, noise_multiplier=1.0, epochs=1.0)
     assert all(not torch.equal(noisy.state_dict()[k], before[k]) for k in before)
+
+
+def test_dp_fit_step_is_the_mean_of_clipped_per_record_gradients(monkeypatch):
+    # Ghost clipping never materializes per-record gradients; check its update against them,
+    # computed one record at a time. SGD with lr 1 and no noise exposes the privatized gradient.
+    monkeypatch.setattr(torch.optim, "Adam", torch.optim.SGD)
+    x, y = blobs(20)
+    before = classifier()
+    grads = []
+    for i in range(len(x)):
+        before.zero_grad()
+        classification_losses(before, x[i : i + 1], y[i : i + 1]).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in before.named_parameters()})
+    norms = [float(torch.sqrt(sum((g**2).sum() for g in gs.values()))) for gs in grads]
+    clip = sorted(norms)[len(norms) // 2]  # half the records are clipped
+    total = {k: sum(gs[k] * min(1.0, clip / (n + 1e-6)) for gs, n in zip(grads, norms, strict=True)) for k in grads[0]}
+    model = classifier()
+    _, steps, rate = fit(model, x, y, batch_size=len(x), epochs=1.0, lr=1.0, noise_multiplier=0.0, max_grad_norm=clip)
+    assert (steps, rate) == (1, 1.0)
+    for k, p in before.named_parameters():
+        torch.testing.assert_close(model.state_dict()[k], p.detach() - total[k] / len(x), atol=1e-6, rtol=1e-5)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedlatent.attacks.gradient import gradient_inversion, infer_labels, invert_gradient, score_gradient_inversion
+from fedlatent.attacks.gradient import gradient_inversion, infer_labels, invert_gradient
+from fedlatent.attacks.scoring import score_gradient_inversion
 from fedlatent.attacks.view import AttackerView, Truth, Upload
 from fedlatent.config import RunConfig
 from fedlatent.data import Dataset, load_dataset

@@ -8,15 +8,19 @@ into the MLP ``Encoder``'s weights, so whether the latents carry the images is k
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fedlatent.attacks.inversion import NotApplicable, latent_inversion, score_inversion
-from fedlatent.attacks.model_inversion import model_inversion, score_model_inversion
+import fedlatent.attacks
+from fedlatent.attacks.inversion import NotApplicable, latent_inversion
+from fedlatent.attacks.model_inversion import model_inversion
+from fedlatent.attacks.scoring import score_inversion, score_model_inversion
 from fedlatent.attacks.view import AttackerView, Truth
 from fedlatent.config import RunConfig
 from fedlatent.data import load_dataset
@@ -203,6 +207,22 @@ def test_attacks_take_only_the_view_and_settings(attack):
         assert p.kind is inspect.Parameter.KEYWORD_ONLY
         assert "Truth" not in str(p.annotation) and "truth" not in p.name and "private" not in p.name
         assert isinstance(p.default, (int, float)), f"{p.name} is a setting and needs a plain default"
+
+
+@pytest.mark.parametrize("module", ["inversion", "gradient", "membership", "model_inversion"])
+def test_attack_modules_cannot_reach_the_private_records(module):
+    # Only attacks/scoring.py (and the runner) read the Truth; an attack module that imported
+    # it, or the private index it is loaded from, could score itself on what it must not see.
+    source = (Path(fedlatent.attacks.__file__).parent / f"{module}.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom | ast.Import):
+            imported |= {alias.name for alias in node.names}
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.rsplit(".", 1)[-1])
+    assert "view" in imported  # the scan sees relative imports
+    assert not imported & {"Truth", "load_truth", "scoring", "run"}
+    assert "private_index" not in source
 
 
 def test_attacker_assumes_the_noise_clients_really_added() -> None:

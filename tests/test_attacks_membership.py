@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fedlatent.attacks.inversion import NotApplicable
-from fedlatent.attacks.membership import candidates, loss_attack, score_membership, shadow_attack
+from fedlatent.attacks.membership import loss_attack, shadow_attack
+from fedlatent.attacks.scoring import candidates, score_membership
 from fedlatent.attacks.view import AttackerView, Truth
 from fedlatent.config import RunConfig
 from fedlatent.data import Dataset, load_dataset

@@ -29,10 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..metrics import psnr, ssim
 from ..training import encode
 from .inversion import NotApplicable, train_inverse
-from .view import AttackerView, Truth
+from .view import AttackerView
 
 Key = tuple[int, int]  # (round, partition)
 
@@ -263,76 +262,3 @@ def gradient_inversion(
                 out.images[key] = img.numpy()
     out.settings["inverse_network"] = bool(out.images) and latent
     return out
-
-
-def _best_match(recon: np.ndarray, records: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per reconstruction: SSIM and PSNR against the private record of maximal SSIM, and its index."""
-    best_s, best_p, best_i = [], [], []
-    for r in recon:
-        scores = ssim(np.broadcast_to(r, records.shape), records)
-        i = int(np.argmax(scores))
-        best_s.append(scores[i])
-        best_p.append(psnr(r[None], records[i : i + 1])[0])
-        best_i.append(i)
-    return np.array(best_s), np.array(best_p), np.array(best_i, dtype=np.int64)
-
-
-def _best_cosine(z: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Per row of ``z``: the largest cosine similarity with any row of ``true``."""
-    a = z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-12)
-    b = true / (np.linalg.norm(true, axis=1, keepdims=True) + 1e-12)
-    return (a @ b.T).max(axis=1)
-
-
-def _means(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of every score over the rows that have it."""
-    keys = dict.fromkeys(k for row in rows for k in row)
-    return {k: float(np.mean([row[k] for row in rows if k in row])) for k in keys}
-
-
-def score_gradient_inversion(out: GradientInversion, truth: Truth, view: AttackerView) -> dict[str, Any]:
-    """Score reconstructions against the uploading client's private records.
-
-    An update mixes many records, so each reconstruction is compared with the client's
-    record it resembles most (max SSIM). The aux mean image and the aux class mean of the
-    recovered label get the same best-match treatment (trivial baselines), and
-    ``leakage_*`` is attack minus the aux-mean baseline. Recovered latents are compared
-    (best cosine) with the client's true latents when the server's encoder can produce them,
-    beside the aux mean latent as their baseline. Scores absent for a run are ``None``.
-    """
-    aux_mean = view.aux_x.mean(axis=0)
-    present = [c if (view.aux_y == c).any() else -1 for c in range(view.num_classes)]
-    class_means = np.stack([view.aux_x[view.aux_y == c].mean(axis=0) if c >= 0 else aux_mean for c in present])
-    encoder = view.encoder()
-    base_z = None if encoder is None else encode(encoder, torch.from_numpy(view.aux_x)).numpy().mean(0, keepdims=True)
-    per_upload: dict[str, dict[str, float]] = {}
-    rows: list[dict[str, float]] = []
-    for key in sorted(set(out.images) | set(out.latents)):
-        rnd, pid = key
-        records, labels = truth.client_x[pid], out.labels[key]
-        upload_rows: list[dict[str, float]] = [{} for _ in labels]
-        if key in out.images:
-            s, p, idx = _best_match(out.images[key], records)
-            bs, bp, _ = _best_match(aux_mean[None], records)
-            cs, cp, _ = _best_match(class_means[labels], records)
-            for j, row in enumerate(upload_rows):
-                row.update(ssim=s[j], psnr=p[j], baseline_ssim=bs[0], baseline_psnr=bp[0])
-                row.update(class_mean_ssim=cs[j], class_mean_psnr=cp[j])
-                row["label_match"] = float(labels[j] == truth.client_y[pid][idx[j]])
-        if key in out.latents and encoder is not None and base_z is not None:
-            true = encode(encoder, torch.from_numpy(records)).numpy()
-            cos, bcos = _best_cosine(out.latents[key], true), _best_cosine(base_z, true)
-            for j, row in enumerate(upload_rows):
-                row.update(latent_cosine=cos[j], baseline_latent_cosine=bcos[0])
-        per_upload[f"r{rnd}-p{pid}"] = _means(upload_rows)
-        rows += upload_rows
-    m: dict[str, float | None] = dict(_means(rows))
-    names = ("ssim", "psnr", "label_match", "latent_cosine", "baseline_latent_cosine")
-    res: dict[str, Any] = {"attack": "gradient_inversion", "reconstructions": len(rows)}
-    res.update({k: m.get(k) for k in names})
-    for name, prefix in (("baseline_aux_mean", "baseline_"), ("baseline_aux_class_mean", "class_mean_")):
-        res[name] = {k: m.get(prefix + k) for k in ("ssim", "psnr")}
-    for k in ("ssim", "psnr"):
-        a, b = m.get(k), m.get("baseline_" + k)
-        res["leakage_" + k] = None if a is None or b is None else a - b
-    return {**res, "per_upload": per_upload, "settings": dict(out.settings)}

@@ -27,11 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..metrics import psnr, ssim, summarize, trivial_baselines
-from ..models import Autoencoder, Encoder, ImageClassifier
+from ..models import Autoencoder, Encoder
 from ..privacy import clip_rows
-from ..training import encode, fit, make_loader, train_classifier
-from .view import AttackerView, Truth
+from ..training import encode, fit, make_loader
+from .view import AttackerView
 
 
 class NotApplicable(ValueError):
@@ -66,7 +65,7 @@ def attack_generator(seed: int, *parts: int) -> torch.Generator:
 
 
 @contextmanager
-def _seeded(generator: torch.Generator) -> Iterator[None]:
+def seeded(generator: torch.Generator) -> Iterator[None]:
     """Seed torch's global RNG from ``generator`` for a model's init, restoring it afterwards."""
     with torch.random.fork_rng():
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
@@ -131,7 +130,7 @@ def train_inverse(
         raise ValueError(f"need as many latents as images (> 0), got {len(latents)} and {len(images)}")
     latents, images = latents.detach().float(), images.detach().float()
     scale = latents.std(dim=0).clamp_min(1e-6) if len(latents) > 1 else torch.ones(latents.shape[1])
-    with _seeded(generator):
+    with seeded(generator):
         net = InverseNetwork(
             latent_dim=latents.shape[1],
             image_shape=(int(images.shape[1]), int(images.shape[2]), int(images.shape[3])),
@@ -186,7 +185,7 @@ def shadow_encoder(
     classifier = view.classifier()
     for p in classifier.parameters():
         p.requires_grad_(False)
-    with _seeded(generator):
+    with seeded(generator):
         ae = Autoencoder(image_shape=view.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
 
     def loss_fn(_: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
@@ -296,68 +295,3 @@ def latent_inversion(
         "aux_records": len(view.aux_x),
     }
     return Reconstructions(method=method, images=images, settings=settings)
-
-
-def _aux_class_means(view: AttackerView) -> np.ndarray:
-    """Aux class-mean image of every class (the aux mean for a class absent from aux)."""
-    overall = view.aux_x.mean(axis=0)
-    return np.stack(
-        [
-            view.aux_x[view.aux_y == c].mean(axis=0) if (view.aux_y == c).any() else overall
-            for c in range(view.num_classes)
-        ]
-    ).astype(np.float32)
-
-
-def score_inversion(
-    rec: Reconstructions, truth: Truth, view: AttackerView, *, recognizer_epochs: int = 30, seed: int = 0
-) -> dict[str, Any]:
-    """PSNR/SSIM of reconstructions against the private records, beside the trivial baselines.
-
-    Returns a dict with mean ``psnr``/``ssim`` over all records, ``per_partition`` means,
-    ``baselines`` (``metrics.trivial_baselines``: aux mean, and aux class mean of the *shared*
-    label, the one that reached the server), ``recognition_accuracy`` (an MLP image classifier
-    trained on raw aux images predicting the records' *true* labels from the reconstructions),
-    ``baseline_recognition_accuracy`` (the same classifier on the aux class-mean images of the
-    shared labels), ``recognizer_accuracy_private`` (its accuracy on the true records, the
-    ceiling) and ``leakage_ssim`` = attack SSIM minus the best baseline SSIM.
-    """
-    pids = sorted(rec.images)
-    if not pids:
-        raise ValueError("no reconstructions to score")
-    for pid in pids:
-        if rec.images[pid].shape != truth.client_x[pid].shape:
-            raise ValueError(
-                f"partition {pid}: {rec.images[pid].shape} reconstructions for {truth.client_x[pid].shape} records"
-            )
-    recon = np.concatenate([rec.images[p] for p in pids])
-    target = np.concatenate([truth.client_x[p] for p in pids])
-    true_y = np.concatenate([truth.client_y[p] for p in pids])
-    shared_y = np.concatenate([np.asarray(view.latents[p][1], dtype=np.int64) for p in pids])
-    per_partition = {p: summarize(rec.images[p], truth.client_x[p]) for p in pids}
-    baselines = trivial_baselines(target, shared_y, view.aux_x, view.aux_y)
-
-    with _seeded(attack_generator(seed, 3)):
-        recognizer = ImageClassifier(image_shape=view.image_shape, num_classes=view.num_classes)
-    aux_x, aux_y, gen = torch.from_numpy(view.aux_x), torch.from_numpy(view.aux_y), attack_generator(seed, 4)
-    train_classifier(recognizer, aux_x, aux_y, epochs=recognizer_epochs, batch_size=64, lr=1e-3, generator=gen)
-    recognizer.eval()
-
-    def accuracy(images: np.ndarray) -> float:
-        with torch.no_grad():
-            pred = recognizer(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).argmax(1).numpy()
-        return float((pred == true_y).mean())
-
-    attack_ssim = float(ssim(recon, target).mean())
-    return {
-        "method": rec.method,
-        "records": len(target),
-        "psnr": float(psnr(recon, target).mean()),
-        "ssim": attack_ssim,
-        "per_partition": per_partition,
-        "baselines": baselines,
-        "recognition_accuracy": accuracy(recon),
-        "baseline_recognition_accuracy": accuracy(_aux_class_means(view)[shared_y]),
-        "recognizer_accuracy_private": accuracy(target),
-        "leakage_ssim": attack_ssim - max(b["ssim"] for b in baselines.values()),
-    }

@@ -3,8 +3,8 @@
 The game (Carlini et al. 2022, "Membership Inference Attacks From First Principles"): the
 *scorer* draws candidates, half members (private training records, from ``Truth``) and half
 non-members (test records no one trained on), shuffles them and hands the attack only the
-images and labels (``candidates``). The attack returns one score per candidate, higher for
-"member"; ``score_membership`` reports ROC AUC and TPR at 1% / 0.1% FPR, because an attack
+images and labels (``scoring.candidates``). The attack returns one score per candidate, higher for
+"member"; ``scoring.score_membership`` reports ROC AUC and TPR at 1% / 0.1% FPR, because an attack
 that is confident on a few records matters more than its average (the paper's argument).
 
 Two attacks, both reading only the ``AttackerView``:
@@ -28,49 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..metrics import mia_scores
 from ..privacy import gaussian_release
 from ..training import encode, train_classifier
 from .inversion import NotApplicable, attack_generator
-from .view import AttackerView, Truth
+from .view import AttackerView
 
 # Below this many shadows a per-candidate variance is too noisy to divide by; LiRA's paper
 # uses one variance shared by all candidates in that regime (their "global variance").
 PER_CANDIDATE_VARIANCE_MIN = 16
-
-
-def candidates(truth: Truth, view: AttackerView, *, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw ``n`` shuffled candidates, ``n // 2`` members and the rest non-members.
-
-    Members come uniformly from all clients' private records; non-members from the test
-    split, which no client trained on. Only the returned ``x`` and ``y`` go to an attack.
-
-    Returns
-    -------
-    (x, y, is_member) : tuple of ndarray
-        Images ``(n, C, H, W)``, int64 labels and a bool membership mask, in shuffled order.
-
-    Raises
-    ------
-    ValueError
-        If there are fewer private or test records than the draw needs.
-    """
-    pids = sorted(truth.client_x)
-    pool_x = np.concatenate([truth.client_x[p] for p in pids]) if pids else view.test_x[:0]
-    pool_y = np.concatenate([truth.client_y[p] for p in pids]) if pids else view.test_y[:0]
-    n_in, n_out = n // 2, n - n // 2
-    if n < 2 or n_in > len(pool_x) or n_out > len(view.test_x):
-        raise ValueError(
-            f"need 2 <= n with n//2 <= {len(pool_x)} private and n - n//2 <= {len(view.test_x)} test records, got n={n}"
-        )
-    rng = np.random.default_rng(seed)
-    members = rng.choice(len(pool_x), n_in, replace=False)
-    others = rng.choice(len(view.test_x), n_out, replace=False)
-    x = np.concatenate([pool_x[members], view.test_x[others]])
-    y = np.concatenate([pool_y[members], view.test_y[others]]).astype(np.int64)
-    is_member = np.arange(n) < n_in
-    order = rng.permutation(n)
-    return x[order], y[order], is_member[order]
 
 
 def _model_inputs(view: AttackerView, x: np.ndarray) -> torch.Tensor:
@@ -160,7 +125,7 @@ def shadow_attack(
     view : AttackerView
         The server's view; shadows train on halves of ``view.aux_x`` / ``view.aux_y``.
     x, y : ndarray
-        Candidate images and labels (from ``candidates``; never trained on by a shadow).
+        Candidate images and labels (from ``scoring.candidates``; never trained on by a shadow).
     num_shadows : int
         At least 2. Below ``PER_CANDIDATE_VARIANCE_MIN`` one variance, the mean of the
         candidates' shadow variances, is used for all candidates (LiRA's global variance):
@@ -204,12 +169,3 @@ def shadow_attack(
     if num_shadows < PER_CANDIDATE_VARIANCE_MIN:
         var = np.full_like(var, var.mean())
     return (_log_odds(view.classifier(), target_in, y) - mean) / np.sqrt(var + 1e-12)
-
-
-def score_membership(scores: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
-    """AUC and TPR at 1% / 0.1% FPR of membership scores (``metrics.mia_scores``)."""
-    scores, is_member = np.asarray(scores, dtype=np.float64), np.asarray(is_member, dtype=bool)
-    if scores.shape != is_member.shape:
-        raise ValueError(f"scores {scores.shape} and is_member {is_member.shape} differ in shape")
-    out = mia_scores(scores[is_member], scores[~is_member])
-    return {**out, "members": float(is_member.sum()), "non_members": float((~is_member).sum())}

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..metrics import psnr, ssim
 from .inversion import NotApplicable, attack_generator, fit_inverse, shadow_encoder
-from .view import AttackerView, Truth
+from .view import AttackerView
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no truth value
@@ -148,40 +147,3 @@ def model_inversion(
             noise_std=view.latent_noise_std(),
         )
     return ModelInversion(images=images.numpy().astype(np.float32), settings=settings)
-
-
-def score_model_inversion(out: ModelInversion, truth: Truth, view: AttackerView) -> dict[str, Any]:
-    """SSIM/PSNR of each representative against the class mean of the private records.
-
-    Private records of all clients are pooled; classes with no private record are skipped.
-    The baseline is the aux class mean against the same private class means. It is high (on
-    8x8 digits SSIM is typically above 0.9: two means of one distribution look alike), so the
-    representative leaks only insofar as it beats it: ``leakage_ssim`` = SSIM - baseline SSIM.
-
-    Returns
-    -------
-    dict
-        ``ssim``, ``psnr`` (means over classes), ``per_class`` (class -> ssim, psnr and the
-        baseline's), ``baseline`` (``{"aux_class_mean": {"ssim", "psnr"}}``), ``leakage_ssim``.
-    """
-    x = np.concatenate([truth.client_x[p] for p in sorted(truth.client_x)])
-    y = np.concatenate([truth.client_y[p] for p in sorted(truth.client_y)])
-    classes = [c for c in range(view.num_classes) if (y == c).any() and (view.aux_y == c).any()]
-    if not classes:
-        raise ValueError("no class has both private and aux records")
-    target = np.stack([x[y == c].mean(axis=0) for c in classes]).astype(np.float32)
-    baseline = np.stack([view.aux_x[view.aux_y == c].mean(axis=0) for c in classes]).astype(np.float32)
-    recon = out.images[classes]
-    s, p = ssim(recon, target), psnr(recon, target)
-    bs, bp = ssim(baseline, target), psnr(baseline, target)
-    per_class = {
-        c: {"ssim": float(s[i]), "psnr": float(p[i]), "baseline_ssim": float(bs[i]), "baseline_psnr": float(bp[i])}
-        for i, c in enumerate(classes)
-    }
-    return {
-        "ssim": float(s.mean()),
-        "psnr": float(p.mean()),
-        "per_class": per_class,
-        "baseline": {"aux_class_mean": {"ssim": float(bs.mean()), "psnr": float(bp.mean())}},
-        "leakage_ssim": float(s.mean() - bs.mean()),
-    }

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .gradient import gradient_inversion, score_gradient_inversion
-from .inversion import NotApplicable, latent_inversion, score_inversion
-from .membership import candidates, loss_attack, score_membership, shadow_attack
-from .model_inversion import model_inversion, score_model_inversion
+from .gradient import gradient_inversion
+from .inversion import NotApplicable, latent_inversion
+from .membership import loss_attack, shadow_attack
+from .model_inversion import model_inversion
 from .names import FAMILIES
+from .scoring import candidates, score_gradient_inversion, score_inversion, score_membership, score_model_inversion
 from .view import AttackerView, Truth, load_attacker_view, load_truth
 
 # Attack effort: "full" is the default; "quick" is for smoke tests only.

@@ -26,9 +26,10 @@ import matplotlib
 import numpy as np
 import torch
 
-from fedlatent.data import load_dataset, public_private_split
+from fedlatent.data import load_dataset
 from fedlatent.learners import fit_server_learner
 from fedlatent.models import Autoencoder
+from fedlatent.partition import public_private_split
 from fedlatent.privacy import gaussian_release, latent_noise_std, randomized_response
 from fedlatent.training import encode, evaluate, train_autoencoder
 

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .data import DATASETS, PARTITIONS
+from .data import DATASETS
+from .partition import PARTITIONS
 from .privacy import ACCOUNTANTS
 
 MODES = ("raw", "latent-fedavg", "latent-share")

@@ -19,9 +19,10 @@ from torch import nn
 from . import __version__
 from .cache import cached_training, data_digest
 from .config import RunConfig
-from .data import Dataset, load_dataset, partition, public_private_split
+from .data import Dataset, load_dataset
 from .learners import ClippedClassifier
 from .models import Autoencoder, ImageClassifier, LatentClassifier
+from .partition import partition, public_private_split
 from .training import train_autoencoder, train_hybrid_autoencoder
 
 

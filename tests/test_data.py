@@ -15,15 +15,13 @@ from hypothesis import strategies as st
 from fedlatent.data import (
     DATASETS,
     FASHION_MNIST_DEBIAN_DIR,
-    PARTITIONS,
     DataError,
     Dataset,
     find_idx_files,
     load_dataset,
-    partition,
-    public_private_split,
     read_idx,
 )
+from fedlatent.partition import PARTITIONS, partition, public_private_split
 
 STEMS = {
     "train-images": "train-images-idx3-ubyte",

@@ -33,13 +33,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .launcher import (
-    CONNECTION,
+from .launcher import CONNECTION, FederationResult, LocalSuperLink
+from .processes import (
     HOST,
     ConfigValue,
     FederationError,
-    FederationResult,
-    LocalSuperLink,
     find_tool,
     flower_env,
     free_ports,

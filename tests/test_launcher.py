@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from fedlatent.launcher import FederationError, LocalSuperLink, format_run_config, run_federation
+from fedlatent.launcher import FederationError, LocalSuperLink, run_federation
+from fedlatent.processes import format_run_config
 
 try:
     import tomllib

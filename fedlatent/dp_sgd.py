@@ -9,8 +9,8 @@ Why ghost clipping: Opacus' classic ``GradSampleModule`` materializes every reco
 plain training on 2 CPU cores. Opacus' fast-gradient/ghost clipping computes each record's
 gradient *norm* from activations and backprops (for ``nn.Linear``: |a| |g|) and then takes a
 second backward pass on the loss reweighted by the clipping factors. The clipped sum is the
-same vector, so the mechanism and its ε are unchanged (a test checks it against per-record
-gradients computed one by one).
+same vector, so the mechanism and its ε are unchanged (tests check it, for every model
+fedlatent trains, against per-record gradients computed one by one).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ fedlatent trains, against per-record gradients computed one by one).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -122,7 +123,10 @@ def dp_fit(
                 if not torch.isfinite(losses).all():
                     raise FloatingPointError(f"training loss became {losses.mean().item()}")
                 # Two backward passes: per-record norms, then the loss reweighted by clip factors.
-                DPTensorFastGradientClipping(wrapped, optimizer, losses, "mean").backward()
+                # Opacus' hooks see inputs that need no gradient (data); torch warns, harmlessly.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
+                    DPTensorFastGradientClipping(wrapped, optimizer, losses, "mean").backward()
                 totals.append((losses.sum().item(), len(xb)))
             optimizer.step()
     finally:

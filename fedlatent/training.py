@@ -1,8 +1,7 @@
 """Pure training and evaluation functions: (model, data, settings, generator) -> numbers.
 
-Nothing here knows about Flower, clients or privacy. The apps call these functions; the
-DP code hands ``fit`` an Opacus-wrapped model, optimizer and Poisson-sampled loader instead
-of the plain ones built here, so the same loop serves private and non-private training.
+Nothing here knows about Flower, clients or privacy. The apps call these functions; DP-SGD
+(``dp_sgd.dp_fit``) has its own loop and takes the per-record losses defined here.
 Randomness comes only from the ``torch.Generator`` passed in, so runs are reproducible.
 """
 

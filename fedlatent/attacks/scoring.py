@@ -124,8 +124,7 @@ def score_gradient_inversion(out: GradientInversion, truth: Truth, view: Attacke
     beside the aux mean latent as their baseline. Scores absent for a run are ``None``.
     """
     aux_mean = view.aux_x.mean(axis=0)
-    present = [c if (view.aux_y == c).any() else -1 for c in range(view.num_classes)]
-    class_means = np.stack([view.aux_x[view.aux_y == c].mean(axis=0) if c >= 0 else aux_mean for c in present])
+    class_means = _aux_class_means(view)
     encoder = view.encoder()
     base_z = None if encoder is None else encode(encoder, torch.from_numpy(view.aux_x)).numpy().mean(0, keepdims=True)
     per_upload: dict[str, dict[str, float]] = {}

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from fedlatent.data import load_dataset
-from fedlatent.dp_sgd import dp_fit, dp_steps
-from fedlatent.models import ImageClassifier
-from fedlatent.privacy import calibrate_noise_multiplier
-from fedlatent.training import classification_losses, evaluate
+from fedlatent.data.loading import load_dataset
+from fedlatent.learning.models import ImageClassifier
+from fedlatent.learning.training import classification_losses, evaluate
+from fedlatent.privacy.accounting import calibrate_noise_multiplier
+from fedlatent.privacy.dp_sgd import dp_fit, dp_steps
 
 
 def main() -> None:

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from fedlatent.attacks.run import run_attacks
-from fedlatent.cli import _config, run_one
+from fedlatent.cli import run_config, run_one
 from fedlatent.compare import attack_columns
-from fedlatent.launcher import LocalSuperLink
+from fedlatent.jsonable import jsonable
+from fedlatent.launch.superlink import LocalSuperLink
 
 
 def main() -> None:
@@ -56,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home, LocalSuperLink(flwr_home=Path(home)) as link:
         for i, (part, mode, eps) in enumerate(plan):
             run_dir = out / part / f"{mode}-eps{eps:g}"
-            cfg = _config({**base, "partition": part, "mode": mode, "epsilon": eps}, default_out=str(run_dir))
+            cfg = run_config({**base, "partition": part, "mode": mode, "epsilon": eps}, default_out=str(run_dir))
             print(f"\n== [{i + 1}/{len(plan)}] {part} {mode} epsilon={eps:g} -> {run_dir}", flush=True)
             start = time.time()
             if (run_dir / "results.json").is_file():
@@ -90,8 +91,8 @@ def row_of(part: str, mode: str, eps: float, res: dict[str, Any], run_dir: Path)
 def write(out: Path, rows: list[dict[str, Any]]) -> None:
     """sweep.json / sweep.csv / sweep.png (rewritten after every run, so partial sweeps are readable)."""
     out.mkdir(parents=True, exist_ok=True)
-    clean = [{k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in r.items()} for r in rows]
-    (out / "sweep.json").write_text(json.dumps(clean, indent=2) + "\n")
+    clean = jsonable(rows)
+    (out / "sweep.json").write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
     with (out / "sweep.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

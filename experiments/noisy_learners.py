@@ -26,12 +26,12 @@ import matplotlib
 import numpy as np
 import torch
 
-from fedlatent.data import load_dataset
-from fedlatent.learners import fit_server_learner
-from fedlatent.models import Autoencoder
-from fedlatent.partition import public_private_split
-from fedlatent.privacy import gaussian_release, latent_noise_std, randomized_response
-from fedlatent.training import encode, evaluate, train_autoencoder
+from fedlatent.data.loading import load_dataset
+from fedlatent.data.partition import public_private_split
+from fedlatent.learning.models import Autoencoder
+from fedlatent.learning.training import encode, evaluate, train_autoencoder
+from fedlatent.privacy.learners import fit_server_learner
+from fedlatent.privacy.mechanisms import gaussian_release, latent_noise_std, randomized_response
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend first)

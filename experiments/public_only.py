@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 from fedlatent.config import RunConfig
-from fedlatent.plan import build_classifier, generator, make_plan, public_autoencoder
-from fedlatent.training import encode, evaluate, train_classifier
+from fedlatent.learning.seeding import generator
+from fedlatent.learning.training import encode, evaluate, train_classifier
+from fedlatent.plan import build_classifier, make_plan, public_autoencoder
 
 
 def main() -> None:
@@ -36,14 +37,16 @@ def main() -> None:
     start = time.time()
     raw = build_classifier(dataclasses.replace(cfg, mode="raw"), plan.dataset)
     epochs = cfg.rounds * cfg.local_epochs  # the epochs a client's model sees in a federation
-    train_classifier(raw, x, y, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg, 7))
+    train_classifier(raw, x, y, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg.seed, 7))
     out["raw_image_classifier"] = evaluate(raw, xt, yt)[1]
     print(f"public images only, image classifier: {out['raw_image_classifier']:.4f} ({time.time() - start:.0f} s)")
     ae, _, hit = public_autoencoder(cfg, plan)
     print(f"public autoencoder {'from the cache' if hit else 'trained'}")
     z, zt = encode(ae.encoder, x), encode(ae.encoder, xt)
     latent = build_classifier(dataclasses.replace(cfg, mode="latent-fedavg"), plan.dataset)
-    train_classifier(latent, z, y, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg, 8))
+    train_classifier(
+        latent, z, y, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg.seed, 8)
+    )
     out["latent_classifier"] = evaluate(latent, zt, yt)[1]
     print(f"public latents only, latent classifier: {out['latent_classifier']:.4f}")
     if args.out:

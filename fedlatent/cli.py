@@ -20,10 +20,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .attacks.names import FAMILIES
-from .config import ConfigError, RunConfig
-from .deployment import LocalDeployment
-from .launcher import FederationError, LocalSuperLink
+from fedlatent.attacks.presets import FAMILIES, PRESET_NAMES
+from fedlatent.config import ConfigError, RunConfig
+from fedlatent.launch.deployment import LocalDeployment
+from fedlatent.launch.superlink import FederationError, LocalSuperLink
 
 ALIASES = {"num-clients": ["--clients"], "out-dir": ["--out"]}
 CLI_CLIENTS = 10  # clients the CLI starts when --clients is not given
@@ -110,7 +110,12 @@ def run_one(link: LocalSuperLink | LocalDeployment, cfg: RunConfig, *, verbose: 
     return json.loads(results_path.read_text())
 
 
-def _config(overrides: dict[str, Any], default_out: str) -> RunConfig:
+def run_config(overrides: dict[str, Any], default_out: str) -> RunConfig:
+    """The validated config of a run the CLI starts: ``overrides`` plus the CLI's defaults.
+
+    ``num-clients`` defaults to ``CLI_CLIENTS`` and must be >= 1 (the CLI starts the
+    SuperNodes, so it needs a count); ``out-dir`` defaults to ``default_out``, made absolute.
+    """
     overrides.setdefault("num-clients", CLI_CLIENTS)
     if int(overrides["num-clients"]) < 1:  # the CLI starts the SuperNodes, so it needs a count
         raise ConfigError(f"config key 'num-clients' = {overrides['num-clients']!r}: must be >= 1")
@@ -121,7 +126,7 @@ def _config(overrides: dict[str, Any], default_out: str) -> RunConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``fedlatent run``: one federation, one run directory."""
-    cfg = _config(_overrides(args), default_out=f"runs/{_stamp()}-run")
+    cfg = run_config(_overrides(args), default_out=f"runs/{_stamp()}-run")
     with _federation(args, cfg.num_clients) as link:
         results = run_one(link, cfg, verbose=args.verbose, timeout=args.timeout)
     print(f"\naccuracy {results['accuracy']:.4f}  ({results['wall_seconds']:.1f} s)  -> {cfg.out_dir}")
@@ -138,16 +143,16 @@ def compare_configs(overrides: dict[str, Any], modes: Sequence[str], parent: Pat
     epsilon = float(base.pop("epsilon", math.inf))
     cfgs = []
     for mode in modes:
-        cfgs.append(_config({**base, "mode": mode}, default_out=str(parent / mode)))
+        cfgs.append(run_config({**base, "mode": mode}, default_out=str(parent / mode)))
         if math.isfinite(epsilon):
             dp = {**base, "mode": mode, "epsilon": epsilon}
-            cfgs.append(_config(dp, default_out=str(parent / f"{mode}-eps{epsilon:g}")))
+            cfgs.append(run_config(dp, default_out=str(parent / f"{mode}-eps{epsilon:g}")))
     return cfgs
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``fedlatent compare``: raw vs latent-fedavg vs latent-share (with ``--epsilon``: and their DP runs)."""
-    from .compare import summarize
+    from fedlatent.compare import summarize
 
     base = _overrides(args)
     parent = Path(base.pop("out-dir", f"runs/{_stamp()}-compare")).expanduser().resolve()
@@ -159,7 +164,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"\n== [{i + 1}/{len(cfgs)}] {cfg.mode} ({cfg.dataset}, encoder {cfg.encoder}{eps}) ==", flush=True)
             rows.append(run_one(link, cfg, verbose=args.verbose, timeout=args.timeout))
     if args.attack:  # after the federation is down: attacks need the CPUs, not the SuperLink
-        from .attacks.run import run_attacks
+        from fedlatent.attacks.run import run_attacks
 
         for cfg in cfgs:
             print(f"\n== attacks on {cfg.mode}{'' if not cfg.dp else f' (epsilon {cfg.epsilon:g})'} ==", flush=True)
@@ -170,7 +175,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     """``fedlatent attack RUN_DIR``: every attack on what the run's server saw."""
-    from .attacks.run import run_attacks
+    from fedlatent.attacks.run import run_attacks
 
     for run_dir in args.run_dirs:
         if not (Path(run_dir) / "server_view" / "manifest.json").is_file():
@@ -202,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--modes", nargs="+", choices=COMPARE_MODES, default=list(COMPARE_MODES))
     compare.add_argument(
         "--attack",
-        choices=("full", "standard", "quick"),
+        choices=PRESET_NAMES,
         default=None,
         help="also run every attack on every run (at this effort) and add their columns",
     )
@@ -210,9 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     attack = verbs.add_parser("attack", help="run the privacy attacks on finished runs; write attacks.json + PNGs")
     attack.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by run/compare")
     attack.add_argument("--only", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="attack families to run")
-    attack.add_argument(
-        "--preset", choices=("full", "standard", "quick"), default="full", help="attack effort (quick: smoke test)"
-    )
+    attack.add_argument("--preset", choices=PRESET_NAMES, default="full", help="attack effort (quick: smoke test)")
     attack.add_argument("--seed", type=int, default=0, help="seed of the attacks")
     attack.set_defaults(func=cmd_attack)
     return parser

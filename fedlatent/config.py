@@ -15,15 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .data import DATASETS
-from .partition import PARTITIONS
-from .privacy import ACCOUNTANTS
+from fedlatent.data.loading import DATASETS
+from fedlatent.data.partition import PARTITIONS
+from fedlatent.privacy.accounting import ACCOUNTANTS
+from fedlatent.privacy.learners import LEARNERS
 
 MODES = ("raw", "latent-fedavg", "latent-share")
 ENCODERS = ("public", "federated", "local")
 AE_ARCHS = ("mlp", "conv")
 CLASSIFIER_ARCHS = ("mlp", "cnn")
-SERVER_LEARNERS = ("auto", "mlp", "class-mean", "lda")
+SERVER_LEARNERS = ("auto", *LEARNERS)
 
 
 class ConfigError(ValueError):
@@ -180,6 +181,15 @@ class RunConfig:
         if self.server_learner != "auto":
             return self.server_learner
         return "lda" if self.dp else "mlp"
+
+    @property
+    def release_aware_learner(self) -> bool:
+        """True when ``latent-share``'s server learner knows the release (clip, noise, label ε).
+
+        That is a non-MLP learner, or any learner under DP; the classifier then clips its input
+        as the release did (``plan.build_classifier``).
+        """
+        return self.mode == "latent-share" and (self.learner != "mlp" or self.dp)
 
     @property
     def is_latent(self) -> bool:

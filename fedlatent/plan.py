@@ -6,24 +6,33 @@ partition of the private rest. Determinism is the contract: the seed fixes every
 no index list ever needs to travel in a message. A client takes only its own partition;
 the server takes the public split (public by definition), the test split (for evaluation)
 and the partition indices only to export ``private_index/`` for scoring attacks.
+
+The same holds for privacy: a client's budget, the noise of its DP-SGD rounds and of the
+latent release are functions of the config (``client_budget``, ``dp_round_plan``,
+``release_noise_std``), public settings the server and the attacker can recompute.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .cache import cached_training, data_digest
-from .config import RunConfig
-from .data import Dataset, load_dataset
-from .learners import ClippedClassifier
-from .models import Autoencoder, ImageClassifier, LatentClassifier
-from .partition import partition, public_private_split
-from .training import train_autoencoder, train_hybrid_autoencoder
+from fedlatent import __version__
+from fedlatent.config import RunConfig
+from fedlatent.data.loading import Dataset, load_dataset
+from fedlatent.data.partition import partition, public_private_split
+from fedlatent.learning.cache import cached_training, data_digest
+from fedlatent.learning.models import Autoencoder, ImageClassifier, LatentClassifier
+from fedlatent.learning.seeding import generator, seeded_init
+from fedlatent.learning.training import train_autoencoder, train_hybrid_autoencoder
+from fedlatent.privacy.client import DPPlan, plan_round
+from fedlatent.privacy.learners import ClippedClassifier
+from fedlatent.privacy.ledger import Ledger
+from fedlatent.privacy.mechanisms import latent_noise_std
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,7 @@ def make_plan(cfg: RunConfig) -> DataPlan:
 
 def build_autoencoder(cfg: RunConfig, ds: Dataset) -> Autoencoder:
     """A fresh autoencoder, seeded so every party starts from the same weights."""
-    with torch.random.fork_rng():  # seed the init without touching the caller's RNG
-        torch.manual_seed(cfg.seed)
+    with seeded_init(cfg.seed):
         return Autoencoder(image_shape=ds.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
 
 
@@ -80,7 +88,7 @@ def public_autoencoder(cfg: RunConfig, plan: DataPlan) -> tuple[Autoencoder, flo
     key = {k: getattr(cfg, k) for k in settings} | {"data": data_digest(x.numpy(), y.numpy()), "version": __version__}
 
     def train() -> float:
-        gen = generator(cfg, 0)
+        gen = generator(cfg.seed, 0)
         if cfg.ae_labels > 0:
             return train_hybrid_autoencoder(
                 ae, x, y, num_classes=plan.dataset.num_classes, label_weight=cfg.ae_labels,
@@ -98,12 +106,11 @@ def build_classifier(cfg: RunConfig, ds: Dataset) -> nn.Module:
     In ``latent-share`` with DP or a linear server learner, the latent model is wrapped in a
     ``ClippedClassifier`` that clips its input as the release did (``share_clip``).
     """
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed + 1)
+    with seeded_init(cfg.seed + 1):
         if cfg.mode == "raw":
             return ImageClassifier(image_shape=ds.image_shape, num_classes=ds.num_classes, arch=cfg.classifier_arch)
         latent = LatentClassifier(latent_dim=cfg.latent_dim, num_classes=ds.num_classes)
-        if cfg.mode != "latent-share" or (cfg.learner == "mlp" and not cfg.dp):
+        if not cfg.release_aware_learner:
             return latent
         inner = latent if cfg.learner == "mlp" else nn.Linear(cfg.latent_dim, ds.num_classes)
         return ClippedClassifier(inner, clip=share_clip(cfg))
@@ -114,8 +121,42 @@ def share_clip(cfg: RunConfig) -> float:
     return cfg.latent_clip if cfg.dp else float(torch.finfo(torch.float32).max)
 
 
-def generator(cfg: RunConfig, *parts: int) -> torch.Generator:
-    """A torch generator seeded by the run seed and a tuple like (partition, round)."""
-    # len(parts) is mixed in: SeedSequence ignores trailing zeros, so (0, 1, 0) would equal (0, 1).
-    seed = int(np.random.SeedSequence([cfg.seed, len(parts), *parts]).generate_state(1)[0])
-    return torch.Generator().manual_seed(seed)
+def client_budget(cfg: RunConfig) -> float:
+    """The ε a client may spend in the run: ``epsilon``, plus ``label-epsilon`` when labels are randomized.
+
+    In ``latent-share`` randomized response on labels adds its ε to the latents' (README,
+    "What ε means"); the ledger holds both, so the ε it reports covers both.
+    """
+    labels = cfg.label_epsilon if cfg.mode == "latent-share" and math.isfinite(cfg.label_epsilon) else 0.0
+    return cfg.epsilon + labels
+
+
+def new_ledger(cfg: RunConfig) -> Ledger:
+    """A client's empty ledger for this run's budget, δ and accountant."""
+    return Ledger(budget=client_budget(cfg), delta=cfg.delta, accountant=cfg.accountant)
+
+
+def dp_round_plan(cfg: RunConfig, num_records: int, *, encoder: bool = False) -> DPPlan:
+    """Noise of one DP-SGD round, calibrated so that all planned rounds of the phase cost its share.
+
+    The encoder phase (a DP federated encoder) gets ``encoder-epsilon`` over ``encoder-rounds``
+    rounds of ``ae-epochs``; the classifier gets the rest of ``epsilon`` over ``rounds`` rounds
+    of ``local-epochs``. The ledger composes both with the accountant, which is never more
+    than the sum of the parts, so the split cannot overspend.
+    """
+    return plan_round(
+        num_records,
+        epsilon=cfg.encoder_epsilon if encoder else cfg.classifier_epsilon,
+        delta=cfg.delta,
+        accountant=cfg.accountant,
+        batch_size=cfg.batch_size,
+        epochs=cfg.ae_epochs if encoder else cfg.local_epochs,
+        rounds=cfg.encoder_rounds if encoder else cfg.rounds,
+    )
+
+
+def release_noise_std(cfg: RunConfig) -> float:
+    """Per-coordinate std of the latent release: a public setting the server's learner and the attacker use."""
+    return latent_noise_std(
+        epsilon=cfg.classifier_epsilon, delta=cfg.delta, clip=cfg.latent_clip, accountant=cfg.accountant
+    )

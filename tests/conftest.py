@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedlatent.cli import app_dir
-from fedlatent.launcher import LocalSuperLink
+from fedlatent.launch.superlink import LocalSuperLink
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,4 @@
-"""compare: DP runs sit beside their non-private twins; the public autoencoder cache."""
+"""compare: DP runs sit beside their non-private twins, attack columns take the worst case."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from fedlatent.cache import cached_training, data_digest
 from fedlatent.cli import compare_configs
 from fedlatent.compare import pairs, rows_of, summarize
 
@@ -60,39 +57,6 @@ def test_summary_pairs_dp_with_non_private_runs(tmp_path: Path, capsys: pytest.C
     assert (tmp_path / "compare.csv").read_text().count("\n") == 5
     assert (tmp_path / "compare.png").stat().st_size > 1000
     assert rows_of([result("raw", 0.5, None, None)])[0]["target_epsilon"] is None
-
-
-def test_cache_trains_once_per_key_and_never_serves_a_foreign_entry(tmp_path: Path) -> None:
-    calls = []
-
-    def make(seed: int) -> tuple[torch.nn.Module, object]:
-        module = torch.nn.Linear(3, 2)
-
-        def train() -> float:
-            calls.append(seed)
-            with torch.no_grad():
-                module.weight.fill_(seed)
-            return 0.5 + seed
-
-        return module, train
-
-    key = {"seed": 1, "data": data_digest(np.ones((2, 3), np.float32))}
-    m1, t1 = make(1)
-    assert cached_training(tmp_path, name="ae", key=key, module=m1, train=t1) == (1.5, False)
-    m2, t2 = make(2)
-    assert cached_training(tmp_path, name="ae", key=key, module=m2, train=t2) == (1.5, True)
-    assert calls == [1] and torch.all(m2.weight == 1)
-    other = {**key, "data": data_digest(np.zeros((2, 3), np.float32))}  # other data: another entry
-    m3, t3 = make(3)
-    assert cached_training(tmp_path, name="ae", key=other, module=m3, train=t3) == (3.5, False)
-    # A stored entry whose key differs (collision, foreign file) is retrained, not served.
-    entry = next(tmp_path.glob("ae-*.pt"))
-    stored = torch.load(entry, weights_only=True)
-    torch.save({**stored, "key": "something else"}, entry)
-    m4, t4 = make(4)
-    assert cached_training(tmp_path, name="ae", key=json.loads(stored["key"]), module=m4, train=t4)[1] is False
-    m5, t5 = make(5)
-    assert cached_training("", name="ae", key=key, module=m5, train=t5) == (5.5, False)  # no cache dir: train
 
 
 def test_attack_columns_take_the_worst_case_of_each_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fedlatent.config import RunConfig
-from fedlatent.models import Autoencoder, ImageClassifier, LatentClassifier
-from fedlatent.plan import build_autoencoder, build_classifier, generator, make_plan
+from fedlatent.learning.models import Autoencoder, ImageClassifier, LatentClassifier
+from fedlatent.plan import build_autoencoder, build_classifier, make_plan
 
 SMALL = {"dataset": "digits", "num-clients": 4, "latent-dim": 8, "seed": 3, "max-train": 400}
 
@@ -96,21 +96,6 @@ def test_build_classifier_by_mode(plan):
     assert ae.encoder(torch.from_numpy(ds.x_test[:2])).shape == (2, 8)
 
 
-def test_generator_reproducible_and_distinct():
-    cfg = cfg_of()
-
-    def draw(g: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, 2**31 - 1, (8,), generator=g)
-
-    assert torch.equal(draw(generator(cfg, 1, 2)), draw(generator(cfg, 1, 2)))
-    assert not torch.equal(draw(generator(cfg, 1, 2)), draw(generator(cfg, 2, 1)))
-    assert not torch.equal(draw(generator(cfg, 1, 2)), draw(generator(cfg_of(seed=4), 1, 2)))
-    # Tuples differing only by trailing zeros are different streams; the apps use both forms,
-    # e.g. client 0's encoder round 1 (0, 1, 0) and the server's latent-share classifier (0, 1).
-    assert not torch.equal(draw(generator(cfg, 0, 1, 0)), draw(generator(cfg, 0, 1)))
-    assert not torch.equal(draw(generator(cfg, 0)), draw(generator(cfg)))
-
-
 @pytest.mark.parametrize(
     ("kw", "learner"),
     [
@@ -122,8 +107,8 @@ def test_generator_reproducible_and_distinct():
     ],
 )
 def test_latent_share_model_is_the_server_learners_structure(plan, kw: dict[str, object], learner: str) -> None:
-    from fedlatent.learners import ClippedClassifier, fit_server_learner
     from fedlatent.plan import share_clip
+    from fedlatent.privacy.learners import ClippedClassifier, fit_server_learner
 
     cfg = RunConfig.from_run_config({"mode": "latent-share", "latent-dim": 8, "server-epochs": 1, **kw})
     assert cfg.learner == learner

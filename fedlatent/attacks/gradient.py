@@ -16,7 +16,7 @@ such an update; the scores say how much, against the aux-mean baseline.
 
 For latent classifiers the recovered inputs are latents. When the server knows the encoder
 (``public``/``federated``) it trains an inverse network on ``(encoder(aux), aux)`` (He et al.'s
-black-box setting, ``attacks.inversion.train_inverse``) and maps them to images; with
+black-box setting, ``attacks.common.train_inverse``) and maps them to images; with
 ``local`` encoders only the latents are reported.
 """
 
@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..training import encode
-from .inversion import NotApplicable, train_inverse
-from .view import AttackerView
+from fedlatent.attacks.common import NotApplicable, total_variation, train_inverse
+from fedlatent.attacks.view import AttackerView
+from fedlatent.learning import seeding
+from fedlatent.learning.training import encode
 
 Key = tuple[int, int]  # (round, partition)
 
@@ -64,11 +65,6 @@ def infer_labels(model: nn.Module, grads: list[torch.Tensor], num_inputs: int) -
     rows = grads[last].detach().sum(dim=1)
     order = torch.argsort(rows)
     return order[torch.arange(num_inputs) % len(order)]
-
-
-def _total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference of neighbouring pixels: the image prior of Geiping et al."""
-    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
 def _mismatch(grads: tuple[torch.Tensor, ...], target: list[torch.Tensor], kind: str) -> torch.Tensor:
@@ -160,7 +156,7 @@ def invert_gradient(
         grads = torch.autograd.grad(ce, params, create_graph=True)
         objective = _mismatch(grads, target, loss)
         if tv > 0 and bounded:
-            objective = objective + tv * _total_variation(x)
+            objective = objective + tv * total_variation(x).mean()
         # Differentiate w.r.t. the dummies only: backward() would also fill the model's .grad.
         for v, g in zip(variables, torch.autograd.grad(objective, variables), strict=True):
             v.grad = g
@@ -244,7 +240,7 @@ def gradient_inversion(
             tv=0.0 if latent else tv,
             loss=loss,
             bounded=not latent,
-            generator=torch.Generator().manual_seed(seed * 1_000_003 + i),
+            generator=seeding.generator(seed, 5, i),
         )
         key = (up.rnd, up.partition)
         out.labels[key] = labels.numpy()
@@ -252,9 +248,7 @@ def gradient_inversion(
     encoder = view.encoder()
     if latent and out.latents and encoder is not None:
         aux = torch.from_numpy(view.aux_x)
-        inverse = train_inverse(
-            encode(encoder, aux), aux, epochs=inverse_epochs, generator=torch.Generator().manual_seed(seed)
-        )
+        inverse = train_inverse(encode(encoder, aux), aux, epochs=inverse_epochs, generator=seeding.generator(seed, 6))
         inverse.eval()
         with torch.no_grad():
             for key, z in out.latents.items():

@@ -12,14 +12,12 @@ then applied to every shared latent. Two settings of the paper:
 Why the release step: the attacker knows every public setting of the run (clip norm, noise
 std), so a fair inverse network learns from aux latents that went through the same clipping
 and Gaussian noise as the clients' (ARCHITECTURE.md, "Threat model of the attacks"). Scores
-always stand beside the trivial baselines of ``fedlatent.metrics``: a latent that leaks nothing
+always stand beside the trivial baselines of ``attacks.metrics``: a latent that leaks nothing
 still "reconstructs" the aux (class-)mean image, so leakage is what goes beyond them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,14 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import Autoencoder, Encoder
-from ..privacy import clip_rows
-from ..training import encode, fit, make_loader
-from .view import AttackerView
-
-
-class NotApplicable(ValueError):
-    """The attack does not apply to this run (e.g. no shared latents, no classifier to invert)."""
+from fedlatent.attacks.common import NotApplicable, release, train_inverse
+from fedlatent.attacks.view import AttackerView
+from fedlatent.learning import seeding
+from fedlatent.learning.models import Autoencoder, Encoder
+from fedlatent.learning.training import encode, fit, make_loader
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: dicts of arrays have no truth value
@@ -55,102 +50,6 @@ class Reconstructions:
     method: str
     images: dict[int, np.ndarray]
     settings: dict[str, Any] = field(default_factory=dict)
-
-
-def attack_generator(seed: int, *parts: int) -> torch.Generator:
-    """A torch generator seeded by an attack seed and a tuple naming the step."""
-    # len(parts) is mixed in: SeedSequence ignores trailing zeros, so (0, 1, 0) would equal (0, 1).
-    state = np.random.SeedSequence([seed, len(parts), *parts]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
-@contextmanager
-def seeded(generator: torch.Generator) -> Iterator[None]:
-    """Seed torch's global RNG from ``generator`` for a model's init, restoring it afterwards."""
-    with torch.random.fork_rng():
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-        yield
-
-
-class InverseNetwork(nn.Module):
-    """Latent -> image: standardized input, a linear path plus an MLP, sigmoid output.
-
-    The linear path lets the network invert (near-)linear encoders exactly from few aux
-    records; the MLP carries the non-linear rest. Inputs are standardized with the training
-    latents' statistics (kept as buffers) because latent scales differ wildly between runs.
-    """
-
-    shift: torch.Tensor
-    scale: torch.Tensor
-
-    def __init__(
-        self, *, latent_dim: int, image_shape: tuple[int, int, int], shift: torch.Tensor, scale: torch.Tensor
-    ) -> None:
-        super().__init__()
-        self.image_shape = image_shape
-        pixels = int(np.prod(image_shape))
-        self.register_buffer("shift", shift.reshape(1, latent_dim).float())
-        self.register_buffer("scale", scale.reshape(1, latent_dim).float())
-        self.linear = nn.Linear(latent_dim, pixels)
-        self.mlp = nn.Sequential(nn.Linear(latent_dim, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU())
-        self.head = nn.Linear(512, pixels)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        z = (z - self.shift) / self.scale
-        return torch.sigmoid(self.linear(z) + self.head(self.mlp(z))).reshape(-1, *self.image_shape)
-
-
-def _mse(model: nn.Module, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return nn.functional.mse_loss(model(z), x)
-
-
-def train_inverse(
-    latents: torch.Tensor,
-    images: torch.Tensor,
-    *,
-    epochs: int,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    generator: torch.Generator,
-) -> nn.Module:
-    """Train an inverse network ``latent -> image`` with MSE; return it in eval mode.
-
-    Parameters
-    ----------
-    latents : Tensor
-        ``(n, d)`` training latents (already passed through the run's release, if any).
-    images : Tensor
-        ``(n, C, H, W)`` matching images in [0, 1]; the output shape is taken from them.
-    epochs, lr, batch_size : int, float, int
-        Adam training settings.
-    generator : torch.Generator
-        Fixes the initial weights and the batch order.
-    """
-    if len(latents) != len(images) or len(latents) == 0:
-        raise ValueError(f"need as many latents as images (> 0), got {len(latents)} and {len(images)}")
-    latents, images = latents.detach().float(), images.detach().float()
-    scale = latents.std(dim=0).clamp_min(1e-6) if len(latents) > 1 else torch.ones(latents.shape[1])
-    with seeded(generator):
-        net = InverseNetwork(
-            latent_dim=latents.shape[1],
-            image_shape=(int(images.shape[1]), int(images.shape[2]), int(images.shape[3])),
-            shift=latents.mean(dim=0),
-            scale=scale,
-        )
-    loader = make_loader(latents, images, batch_size=batch_size, generator=generator)
-    fit(net, loader, torch.optim.Adam(net.parameters(), lr=lr), epochs=epochs, loss_fn=_mse)
-    return net.eval()
-
-
-def _release(z: torch.Tensor, *, clip: float, std: float, generator: torch.Generator) -> torch.Tensor:
-    """The run's public latent release, differentiable in ``z``: identity when no DP.
-
-    Clients clip and add noise only under DP (``client_dp.release_latents``), i.e. exactly
-    when the noise std is > 0, so the attacker does the same.
-    """
-    if std <= 0:
-        return z
-    return clip_rows(z, max_norm=clip) + std * torch.randn(z.shape, generator=generator, dtype=z.dtype)
 
 
 def _shared(view: AttackerView) -> torch.Tensor:
@@ -185,12 +84,12 @@ def shadow_encoder(
     classifier = view.classifier()
     for p in classifier.parameters():
         p.requires_grad_(False)
-    with seeded(generator):
+    with seeding.seeded(generator):
         ae = Autoencoder(image_shape=view.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
 
     def loss_fn(_: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         z = ae.encoder(xb)
-        released = _release(z, clip=cfg.latent_clip, std=std, generator=generator)
+        released = release(z, clip=cfg.latent_clip, std=std, generator=generator)
         return (
             nn.functional.binary_cross_entropy(ae.decoder(z), xb)
             + nn.functional.cross_entropy(classifier(released), yb)
@@ -224,9 +123,7 @@ def fit_inverse(
     aux_z = encode(encoder, aux_x)
     std = view.latent_noise_std()
     draws = max(noise_draws, 1) if std > 0 else 1
-    train_z = torch.cat(
-        [_release(aux_z, clip=view.cfg.latent_clip, std=std, generator=generator) for _ in range(draws)]
-    )
+    train_z = torch.cat([release(aux_z, clip=view.cfg.latent_clip, std=std, generator=generator) for _ in range(draws)])
     inverse = train_inverse(
         train_z, aux_x.repeat(draws, 1, 1, 1), epochs=epochs, lr=lr, batch_size=batch_size, generator=generator
     )
@@ -271,9 +168,9 @@ def latent_inversion(
     encoder = view.encoder()
     method = "black-box" if encoder is not None else "query-free"
     if encoder is None:
-        gen = attack_generator(seed, 1)
+        gen = seeding.generator(seed, 1)
         encoder = shadow_encoder(view, epochs=shadow_epochs, lr=lr, batch_size=batch_size, generator=gen)
-    gen = attack_generator(seed, 2)
+    gen = seeding.generator(seed, 2)
     inverse, _ = fit_inverse(
         view, encoder, epochs=epochs, lr=lr, batch_size=batch_size, noise_draws=noise_draws, generator=gen
     )

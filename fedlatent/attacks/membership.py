@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..privacy import gaussian_release
-from ..training import encode, train_classifier
-from .inversion import NotApplicable, attack_generator
-from .view import AttackerView
+from fedlatent.attacks.common import NotApplicable
+from fedlatent.attacks.view import AttackerView
+from fedlatent.learning import seeding
+from fedlatent.learning.training import encode, train_classifier
+from fedlatent.privacy.mechanisms import gaussian_release
 
 # Below this many shadows a per-candidate variance is too noisy to divide by; LiRA's paper
 # uses one variance shared by all candidates in that regime (their "global variance").
@@ -85,8 +86,7 @@ def loss_attack(view: AttackerView, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _fresh_classifier(view: AttackerView, generator: torch.Generator) -> nn.Module:
     """The run's classifier architecture with new random weights drawn from ``generator``."""
     model = view.classifier()
-    with torch.random.fork_rng():  # seed the re-initialization without touching global RNG
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+    with seeding.seeded(generator):
         for module in model.modules():
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):
@@ -154,10 +154,10 @@ def shadow_attack(
     if epochs is None:
         epochs = cfg.server_epochs if cfg.mode == "latent-share" else cfg.rounds * cfg.local_epochs
     target_in = _model_inputs(view, x)
-    aux_in, aux_y = _shadow_data(view, attack_generator(seed, 0))
+    aux_in, aux_y = _shadow_data(view, seeding.generator(seed, 0))
     out = np.empty((num_shadows, len(x)))
     for s in range(num_shadows):
-        gen = attack_generator(seed, 1, s)
+        gen = seeding.generator(seed, 1, s)
         half = torch.randperm(len(aux_in), generator=gen)[: len(aux_in) // 2]
         shadow = _fresh_classifier(view, gen)
         train_classifier(

@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inversion import NotApplicable, attack_generator, fit_inverse, shadow_encoder
-from .view import AttackerView
+from fedlatent.attacks.common import NotApplicable, total_variation
+from fedlatent.attacks.inversion import fit_inverse, shadow_encoder
+from fedlatent.attacks.view import AttackerView
+from fedlatent.learning import seeding
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no truth value
@@ -33,13 +35,6 @@ class ModelInversion:
 
     images: np.ndarray
     settings: dict[str, Any] = field(default_factory=dict)
-
-
-def _total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference of neighbouring pixels, per image (a smoothness prior)."""
-    dh = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
-    dw = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
-    return dh + dw
 
 
 def _class_nll(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -58,7 +53,7 @@ def _invert_images(
     for _ in range(steps):
         optimizer.zero_grad()
         x = torch.sigmoid(logits)
-        loss = (_class_nll(model, x) + tv * _total_variation(x) + l2 * x.pow(2).flatten(1).mean(1)).sum()
+        loss = (_class_nll(model, x) + tv * total_variation(x) + l2 * x.pow(2).flatten(1).mean(1)).sum()
         loss.backward()
         optimizer.step()
     return torch.sigmoid(logits).detach()
@@ -132,9 +127,9 @@ def model_inversion(
         if encoder is None:
             if not view.latents:
                 raise NotApplicable("local encoder and no shared latents: nothing to map latents back to images")
-            gen = attack_generator(seed, 1)
+            gen = seeding.generator(seed, 1)
             encoder, source = shadow_encoder(view, epochs=shadow_epochs, generator=gen), "shadow"
-        inverse, aux_z = fit_inverse(view, encoder, epochs=inverse_epochs, generator=attack_generator(seed, 2))
+        inverse, aux_z = fit_inverse(view, encoder, epochs=inverse_epochs, generator=seeding.generator(seed, 2))
         z = _invert_latents(model, aux_z, view.num_classes, steps=steps, lr=lr, prior=prior)
         with torch.no_grad():
             images = inverse(z)

@@ -11,7 +11,6 @@ originals beside reconstructions under ``RUN_DIR/attacks/``.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,37 +18,26 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from .gradient import gradient_inversion
-from .inversion import NotApplicable, latent_inversion
-from .membership import loss_attack, shadow_attack
-from .model_inversion import model_inversion
-from .names import FAMILIES
-from .scoring import candidates, score_gradient_inversion, score_inversion, score_membership, score_model_inversion
-from .view import AttackerView, Truth, load_attacker_view, load_truth
-
-# Attack effort: "full" is the default; "quick" is for smoke tests only.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "full": {
-        "latent-inversion": {"epochs": 100, "shadow_epochs": 50},
-        "gradient-inversion": {"max_uploads": 3, "num_inputs": 1, "steps": 300},
-        "membership": {"candidates": 2000, "num_shadows": 4},
-        "model-inversion": {"steps": 300, "inverse_epochs": 100},
-    },
-    # ~5x less training of the inverse/shadow networks than "full": for 2-core machines.
-    "standard": {
-        "latent-inversion": {"epochs": 20, "shadow_epochs": 10, "noise_draws": 2},
-        "gradient-inversion": {"max_uploads": 3, "num_inputs": 1, "steps": 300, "inverse_epochs": 20},
-        "membership": {"candidates": 2000, "num_shadows": 4},
-        "model-inversion": {"steps": 300, "inverse_epochs": 20, "shadow_epochs": 10},
-    },
-    "quick": {
-        "latent-inversion": {"epochs": 15, "shadow_epochs": 5, "noise_draws": 1},
-        "gradient-inversion": {"max_uploads": 1, "num_inputs": 1, "steps": 40, "inverse_epochs": 10},
-        "membership": {"candidates": 200, "num_shadows": 2, "epochs": 3},
-        "model-inversion": {"steps": 40, "inverse_epochs": 10},
-    },
-}
+from fedlatent import __version__
+from fedlatent.attacks.common import NotApplicable
+from fedlatent.attacks.gradient import gradient_inversion
+from fedlatent.attacks.inversion import latent_inversion
+from fedlatent.attacks.membership import loss_attack, shadow_attack
+from fedlatent.attacks.metrics import aux_class_means
+from fedlatent.attacks.model_inversion import model_inversion
+from fedlatent.attacks.plots import plot_grid, plot_roc
+from fedlatent.attacks.presets import FAMILIES, PRESETS
+from fedlatent.attacks.scoring import (
+    Truth,
+    candidates,
+    load_truth,
+    score_gradient_inversion,
+    score_inversion,
+    score_membership,
+    score_model_inversion,
+)
+from fedlatent.attacks.view import AttackerView, load_attacker_view
+from fedlatent.jsonable import jsonable
 
 Out = tuple[dict[str, Any], list[tuple[str, np.ndarray]]]  # scores, grid rows (label, images)
 
@@ -86,7 +74,7 @@ def _membership(view: AttackerView, truth: Truth, s: dict[str, Any], seed: int) 
 def _model_inversion(view: AttackerView, truth: Truth, s: dict[str, Any], seed: int) -> Out:
     out = model_inversion(view, seed=seed, **s)
     scores = score_model_inversion(out, truth, view)
-    aux = np.stack([view.aux_x[view.aux_y == c].mean(0) for c in range(view.num_classes)])
+    aux = aux_class_means(view.aux_x, view.aux_y, view.num_classes)
     return {**scores, "settings": out.settings}, [("aux class means", aux), ("model inversion", out.images)]
 
 
@@ -148,7 +136,7 @@ def run_attacks(
             figures.mkdir(exist_ok=True)
             plot_grid(figures / f"{name}.png", rows, title=f"{name}: {view.cfg.mode} ({view.cfg.dataset})")
         progress(f"      {headline(name, entry)}  ({entry['seconds']:.0f} s)")
-    (run_dir / "attacks.json").write_text(json.dumps(_finite(report), indent=2) + "\n")
+    (run_dir / "attacks.json").write_text(json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n")
     progress(f"attack results: {run_dir / 'attacks.json'}")
     return report
 
@@ -163,64 +151,3 @@ def headline(name: str, entry: dict[str, Any]) -> str:
     if ssim is None:
         return "no image reconstructions"
     return f"SSIM {ssim:.3f}, beyond the trivial baseline {leak:+.3f}" if leak is not None else f"SSIM {ssim:.3f}"
-
-
-def _finite(value: Any) -> Any:
-    """Strict JSON: NaN/inf become strings, numpy scalars plain numbers, int keys strings."""
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, np.ndarray):
-        return _finite(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-def plot_grid(path: Path, rows: list[tuple[str, np.ndarray]], *, title: str) -> None:
-    """Rows of images (label, (n, C, H, W) in [0, 1]) as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.1 * cols + 1.4, 1.2 * len(rows) + 0.5), squeeze=False)
-    for r, (label, images) in enumerate(rows):
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c < len(images):
-                ax.imshow(np.clip(images[c][0], 0, 1), cmap="gray", vmin=0, vmax=1)
-        axes[r][0].set_title(label, fontsize=8, loc="left")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_roc(path: Path, scores: dict[str, np.ndarray], is_member: np.ndarray, *, title: str) -> None:
-    """ROC curves of membership scores on log-log axes (the low-FPR region is what matters)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    fig, ax = plt.subplots(figsize=(4.2, 4))
-    for name, s in scores.items():
-        fpr, tpr, _ = roc_curve(is_member.astype(int), s)
-        ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), label=name)
-    ax.plot([1e-4, 1], [1e-4, 1], "k--", lw=0.8, label="chance")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -9,29 +9,46 @@ scored on (a test checks their imports); ``run.py`` calls an attack, then its sc
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..metrics import mia_scores, psnr, ssim, summarize, trivial_baselines
-from ..models import ImageClassifier
-from ..training import encode, train_classifier
-from .gradient import GradientInversion
-from .inversion import Reconstructions, attack_generator, seeded
-from .model_inversion import ModelInversion
-from .view import AttackerView, Truth
+from fedlatent.attacks.gradient import GradientInversion
+from fedlatent.attacks.inversion import Reconstructions
+from fedlatent.attacks.metrics import aux_class_means, mia_scores, psnr, ssim, summarize, trivial_baselines
+from fedlatent.attacks.model_inversion import ModelInversion
+from fedlatent.attacks.view import AttackerView
+from fedlatent.config import RunConfig
+from fedlatent.data.loading import load_dataset
+from fedlatent.learning import seeding
+from fedlatent.learning.models import ImageClassifier
+from fedlatent.learning.training import encode, train_classifier
 
 
-def _aux_class_means(view: AttackerView) -> np.ndarray:
-    """Aux class-mean image of every class (the aux mean for a class absent from aux)."""
-    overall = view.aux_x.mean(axis=0)
-    return np.stack(
-        [
-            view.aux_x[view.aux_y == c].mean(axis=0) if (view.aux_y == c).any() else overall
-            for c in range(view.num_classes)
-        ]
-    ).astype(np.float32)
+@dataclass(frozen=True, eq=False)
+class Truth:
+    """The clients' private records, for scoring attacks only (never passed to one)."""
+
+    client_x: dict[int, np.ndarray]
+    client_y: dict[int, np.ndarray]
+
+
+def load_truth(run_dir: str | Path) -> Truth:
+    """Private records of every client, from ``private_index/`` and the data set."""
+    run_dir = Path(run_dir)
+    settings = json.loads((run_dir / "server_view" / "manifest.json").read_text())["settings"]
+    cfg = RunConfig.from_run_config(settings)
+    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir or None, download=False, max_train=cfg.max_train)
+    xs, ys = {}, {}
+    for path in sorted((run_dir / "private_index").glob("client_*.npy")):
+        pid = int(path.stem.split("_")[1])
+        idx = np.load(path)
+        xs[pid], ys[pid] = ds.x_train[idx], ds.y_train[idx]
+    return Truth(client_x=xs, client_y=ys)
 
 
 def score_inversion(
@@ -62,9 +79,9 @@ def score_inversion(
     per_partition = {p: summarize(rec.images[p], truth.client_x[p]) for p in pids}
     baselines = trivial_baselines(target, shared_y, view.aux_x, view.aux_y)
 
-    with seeded(attack_generator(seed, 3)):
+    with seeding.seeded(seeding.generator(seed, 3)):
         recognizer = ImageClassifier(image_shape=view.image_shape, num_classes=view.num_classes)
-    aux_x, aux_y, gen = torch.from_numpy(view.aux_x), torch.from_numpy(view.aux_y), attack_generator(seed, 4)
+    aux_x, aux_y, gen = torch.from_numpy(view.aux_x), torch.from_numpy(view.aux_y), seeding.generator(seed, 4)
     train_classifier(recognizer, aux_x, aux_y, epochs=recognizer_epochs, batch_size=64, lr=1e-3, generator=gen)
     recognizer.eval()
 
@@ -82,7 +99,7 @@ def score_inversion(
         "per_partition": per_partition,
         "baselines": baselines,
         "recognition_accuracy": accuracy(recon),
-        "baseline_recognition_accuracy": accuracy(_aux_class_means(view)[shared_y]),
+        "baseline_recognition_accuracy": accuracy(aux_class_means(view.aux_x, view.aux_y, view.num_classes)[shared_y]),
         "recognizer_accuracy_private": accuracy(target),
         "leakage_ssim": attack_ssim - max(b["ssim"] for b in baselines.values()),
     }
@@ -124,7 +141,7 @@ def score_gradient_inversion(out: GradientInversion, truth: Truth, view: Attacke
     beside the aux mean latent as their baseline. Scores absent for a run are ``None``.
     """
     aux_mean = view.aux_x.mean(axis=0)
-    class_means = _aux_class_means(view)
+    class_means = aux_class_means(view.aux_x, view.aux_y, view.num_classes)
     encoder = view.encoder()
     base_z = None if encoder is None else encode(encoder, torch.from_numpy(view.aux_x)).numpy().mean(0, keepdims=True)
     per_upload: dict[str, dict[str, float]] = {}
@@ -180,7 +197,7 @@ def score_model_inversion(out: ModelInversion, truth: Truth, view: AttackerView)
     if not classes:
         raise ValueError("no class has both private and aux records")
     target = np.stack([x[y == c].mean(axis=0) for c in classes]).astype(np.float32)
-    baseline = np.stack([view.aux_x[view.aux_y == c].mean(axis=0) for c in classes]).astype(np.float32)
+    baseline = aux_class_means(view.aux_x, view.aux_y, view.num_classes)[classes]
     recon = out.images[classes]
     s, p = ssim(recon, target), psnr(recon, target)
     bs, bp = ssim(baseline, target), psnr(baseline, target)

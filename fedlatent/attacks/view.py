@@ -6,13 +6,12 @@ interface enforces the threat model). It holds the public (aux) records, the tes
 server evaluates on, the frozen encoder the server knows (``public``/``federated``), the final
 classifier, every accepted upload and broadcast, and the shared latents.
 
-``Truth`` reads ``private_index/`` and is used only by the scoring code in
-``fedlatent.attacks.run`` to compare reconstructions with the records they came from.
+The private records an attack is scored against (``Truth``) are not here: only
+``fedlatent.attacks.scoring`` reads them (a test checks every other attack module).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..client_dp import release_noise_std
-from ..config import RunConfig
-from ..data import load_dataset
-from ..models import Encoder
-from ..plan import build_classifier
-from ..server_view import load_server_view
+from fedlatent.config import RunConfig
+from fedlatent.data.loading import load_dataset
+from fedlatent.federation.server_view import load_server_view
+from fedlatent.learning.models import Encoder
+from fedlatent.plan import build_classifier, release_noise_std
 
 _UPLOAD = re.compile(r"received/(?P<phase>[a-z-]+)-r(?P<rnd>\d+)-p(?P<pid>\d+)\.npz")
 _SENT = re.compile(r"sent/(?P<phase>[a-z-]+)-r(?P<rnd>\d+)\.npz")
@@ -75,7 +73,7 @@ class AttackerView:
 
     def classifier(self, state: dict[str, np.ndarray] | None = None) -> nn.Module:
         """The run's classifier architecture with the final (or the given) weights."""
-        from ..data import Dataset
+        from fedlatent.data.loading import Dataset
 
         ds = Dataset("aux", self.aux_x[:1], self.aux_y[:1], self.test_x[:1], self.test_y[:1], self.num_classes)
         model = build_classifier(self.cfg, ds)
@@ -121,25 +119,3 @@ def load_attacker_view(run_dir: str | Path) -> AttackerView:
         uploads=uploads,
         latents=latents,
     )
-
-
-@dataclass(frozen=True, eq=False)
-class Truth:
-    """The clients' private records, for scoring attacks only (never passed to one)."""
-
-    client_x: dict[int, np.ndarray]
-    client_y: dict[int, np.ndarray]
-
-
-def load_truth(run_dir: str | Path) -> Truth:
-    """Private records of every client, from ``private_index/`` and the data set."""
-    run_dir = Path(run_dir)
-    settings = json.loads((run_dir / "server_view" / "manifest.json").read_text())["settings"]
-    cfg = RunConfig.from_run_config(settings)
-    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir or None, download=False, max_train=cfg.max_train)
-    xs, ys = {}, {}
-    for path in sorted((run_dir / "private_index").glob("client_*.npy")):
-        pid = int(path.stem.split("_")[1])
-        idx = np.load(path)
-        xs[pid], ys[pid] = ds.x_train[idx], ds.y_train[idx]
-    return Truth(client_x=xs, client_y=ys)

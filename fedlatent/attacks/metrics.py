@@ -1,0 +1,92 @@
+"""Scores of attacks and models, from torchmetrics and scikit-learn (never hand-rolled).
+
+- ``psnr`` / ``ssim``: per-image reconstruction quality, images in [0, 1] (data range 1).
+- ``mia_scores``: ROC AUC and TPR at fixed low FPRs of a membership score.
+- ``trivial_baselines``: what a reconstruction scores with no leakage at all — the aux
+  mean image, and (when labels reach the server) the aux class-mean of the record's label.
+  Leakage is what an attack achieves beyond these (ARCHITECTURE.md, "Threat model").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+FPR_LEVELS = (0.01, 0.001)
+
+
+def _tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(x, np.ndarray):  # copy: broadcast views are read-only
+        return torch.from_numpy(np.array(x, dtype=np.float32))
+    return x.detach().float().cpu()
+
+
+def _pair(recon: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    r = _tensor(recon).clamp(0.0, 1.0)
+    t = _tensor(target)
+    if r.shape != t.shape or r.ndim != 4:
+        raise ValueError(f"need two (n, C, H, W) batches of the same shape, got {tuple(r.shape)} and {tuple(t.shape)}")
+    return r, t
+
+
+def psnr(recon: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> np.ndarray:
+    """PSNR in dB of each reconstruction against its target (images in [0, 1])."""
+    r, t = _pair(recon, target)
+    out = peak_signal_noise_ratio(r, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return out.numpy().astype(np.float64)
+
+
+def ssim(recon: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> np.ndarray:
+    """SSIM of each reconstruction against its target (images in [0, 1]).
+
+    The Gaussian window is the usual 11 px (sigma 1.5) on 28x28 images; on smaller images
+    (8x8 digits) it shrinks to the largest odd size that fits, with sigma scaled alike.
+    """
+    r, t = _pair(recon, target)
+    side = min(r.shape[-2:])
+    k = min(11, side if side % 2 else side - 1)
+    out = structural_similarity_index_measure(r, t, data_range=1.0, kernel_size=k, sigma=1.5 * k / 11, reduction="none")
+    return torch.as_tensor(out).reshape(-1).numpy().astype(np.float64)
+
+
+def mia_scores(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> dict[str, float]:
+    """AUC and TPR at 1% / 0.1% FPR of a score that is higher for members."""
+    s = np.concatenate([member_scores, nonmember_scores]).astype(np.float64)
+    if not np.isfinite(s).all():
+        raise ValueError("membership scores must be finite")
+    truth = np.concatenate([np.ones(len(member_scores)), np.zeros(len(nonmember_scores))])
+    fpr, tpr, _ = roc_curve(truth, s)
+    out = {"auc": float(roc_auc_score(truth, s))}
+    for level in FPR_LEVELS:
+        # TPR at the largest threshold whose FPR does not exceed the level (never optimistic).
+        out[f"tpr_at_{level:g}_fpr"] = float(tpr[fpr <= level].max(initial=0.0))
+    return out
+
+
+def trivial_baselines(
+    target: np.ndarray, labels: np.ndarray | None, aux_x: np.ndarray, aux_y: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Mean PSNR/SSIM of the no-leakage guesses: aux mean image and aux class mean of the label."""
+    guesses = {"aux_mean": np.broadcast_to(aux_x.mean(axis=0), target.shape)}
+    if labels is not None:
+        num_classes = int(max(aux_y.max(initial=0), labels.max(initial=0))) + 1
+        guesses["aux_class_mean"] = aux_class_means(aux_x, aux_y, num_classes)[labels]
+    return {name: summarize(g, target) for name, g in guesses.items()}
+
+
+def aux_class_means(aux_x: np.ndarray, aux_y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Aux class-mean image of every class ``(K, C, H, W)``; the aux mean for a class absent from aux.
+
+    The no-leakage guess of an attacker who knows a record's label (public data only).
+    """
+    overall = aux_x.mean(axis=0)
+    return np.stack(
+        [aux_x[aux_y == c].mean(axis=0) if (aux_y == c).any() else overall for c in range(num_classes)]
+    ).astype(np.float32)
+
+
+def summarize(recon: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """Mean PSNR and SSIM of a batch of reconstructions."""
+    return {"psnr": float(psnr(recon, target).mean()), "ssim": float(ssim(recon, target).mean())}

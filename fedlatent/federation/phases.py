@@ -1,0 +1,243 @@
+"""The ServerApp's phases, each a short function of one ``RunContext``.
+
+1. encoder     ``public``: train the autoencoder on the public split, broadcast the encoder.
+               ``federated``: FedAvg over the autoencoder, then broadcast its encoder.
+               ``local``: ask every client to train its own; the server never sees it.
+2. federation  ``raw`` / ``latent-fedavg``: FedAvg of the classifier (Flower's strategy).
+               ``latent-share``: collect latents once, train the classifier on the server.
+3. evaluation  on the test split: centrally when the server holds the encoder (or in
+               ``raw``), else federated, each client through its own encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedlatent.config import RunConfig
+from fedlatent.federation import payloads as P
+from fedlatent.federation.report import RunRecord
+from fedlatent.federation.server_view import ServerView
+from fedlatent.federation.strategy import ClientLevelDP, RecordingFedAvg, Traffic, accept
+from fedlatent.learning.models import Encoder
+from fedlatent.learning.seeding import generator
+from fedlatent.learning.training import encode, evaluate, train_classifier
+from fedlatent.plan import (
+    DataPlan,
+    build_autoencoder,
+    build_classifier,
+    public_autoencoder,
+    release_noise_std,
+    share_clip,
+)
+from fedlatent.privacy.learners import fit_server_learner
+
+log = logging.getLogger("fedlatent")
+
+
+@dataclass(frozen=True, eq=False)
+class RunContext:
+    """What every phase of one run needs: Flower's grid and nodes, the config and plan, the recorders."""
+
+    grid: Grid
+    nodes: list[int]
+    cfg: RunConfig
+    plan: DataPlan
+    view: ServerView
+    traffic: Traffic
+    record: RunRecord
+
+
+def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0, settle: float = 3.0) -> list[int]:
+    """Block until ``n`` SuperNodes are connected (``n = 0``: all, once their count settles)."""
+    deadline = time.time() + timeout
+    seen, since = -1, time.time()
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) != seen:
+            seen, since = len(nodes), time.time()
+        if (n and len(nodes) >= n) or (not n and nodes and time.time() - since >= settle):
+            return nodes[:n] if n else nodes
+        if time.time() > deadline:
+            raise TimeoutError(f"only {len(nodes)} of num-clients={n} SuperNodes connected in {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def broadcast(run: RunContext, message_type: str, content: RecordDict) -> list[Message]:
+    """Send one body to every node of the run and return their replies."""
+    messages = (Message(content=content, message_type=message_type, dst_node_id=n) for n in run.nodes)
+    return list(run.grid.send_and_receive(run.traffic.sent(messages)))
+
+
+def recording_fedavg(
+    run: RunContext, *, phase: str, model: torch.nn.Module, federated_evaluation: bool = False, uniform: bool = False
+) -> RecordingFedAvg:
+    """The run's FedAvg over ``model``: replies checked, uploads recorded, ε reports kept.
+
+    ``uniform``: every client weighs the same (``UNIT_WEIGHT``), as client-level DP needs.
+    """
+    cfg = run.cfg
+    return RecordingFedAvg(
+        phase=phase,
+        shapes=P.shapes_of(model),
+        view=run.view,
+        traffic=run.traffic,
+        num_clients=cfg.num_clients,
+        fraction_train=cfg.fraction_train,
+        federated_evaluation=federated_evaluation,
+        privacy=run.record.privacy,  # a DP encoder's rounds are in each client's ledger too
+        weighted_by_key=P.UNIT_WEIGHT if uniform else "num-examples",
+    )
+
+
+def encoder_phase(run: RunContext) -> Encoder | None:
+    """Make the encoder; return it when the server holds one (``local``: None)."""
+    cfg, plan, view = run.cfg, run.plan, run.view
+    if cfg.encoder == "local":
+        replies = broadcast(run, P.Q_LOCAL_ENCODER, RecordDict({P.CONFIG: ConfigRecord()}))
+        ok = [accept(m, phase="local-encoder", rnd=0, view=view, traffic=run.traffic) for m in replies]
+        log.info("local encoders trained on %d of %d clients", sum(p is not None for p in ok), len(run.nodes))
+        return None
+    if cfg.encoder == "public":
+        ae, loss, hit = public_autoencoder(cfg, plan)
+        how = "loaded from the cache" if hit else "trained"
+        log.info("public autoencoder %s (%d records), loss %.4f", how, len(plan.public_idx), loss)
+    else:
+        ae = build_autoencoder(cfg, plan.dataset)
+        strategy = recording_fedavg(run, phase=P.PHASE_ENCODER, model=ae)
+        result = strategy.start(grid=run.grid, initial_arrays=P.module_to_arrays(ae), num_rounds=cfg.encoder_rounds)
+        P.load_arrays(ae, result.arrays)
+    encoder_arrays = P.module_to_arrays(ae.encoder)  # the decoder is discarded here
+    arch = {"image_shape": list(plan.dataset.image_shape), "latent_dim": cfg.latent_dim, "arch": cfg.ae_arch}
+    view.encoder(encoder_arrays, arch=arch)
+    for m in broadcast(run, P.Q_SET_ENCODER, RecordDict({P.ARRAYS: encoder_arrays})):
+        accept(m, phase="set-encoder", rnd=0, view=view, traffic=run.traffic)
+    return ae.encoder
+
+
+def fedavg_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
+    """FedAvg of the classifier; history from central or federated evaluation."""
+    cfg, plan, record = run.cfg, run.plan, run.record
+    model = build_classifier(cfg, plan.dataset)
+    central = not (cfg.is_latent and encoder is None)
+
+    def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if rnd == 0:
+            return None
+        acc = central_accuracy(P.load_arrays(model, arrays), plan, encoder)
+        record.history.append({"round": rnd, "accuracy": acc})
+        log.info("round %d: test accuracy %.4f", rnd, acc)
+        return MetricRecord({"accuracy": acc})
+
+    strategy = recording_fedavg(
+        run, phase=P.PHASE_CLASSIFIER, model=model, federated_evaluation=not central, uniform=cfg.client_dp_noise > 0
+    )
+    runner: Strategy = strategy
+    if cfg.client_dp_noise > 0:
+        runner = ClientLevelDP(strategy, noise_multiplier=cfg.client_dp_noise, clipping_norm=cfg.client_dp_clip)
+        record.privacy.client_level = runner.multipliers  # filled in as rounds are released
+    result = runner.start(
+        grid=run.grid,
+        initial_arrays=P.module_to_arrays(model),
+        num_rounds=cfg.rounds,
+        evaluate_fn=evaluate_fn if central else None,
+    )
+    if not central:
+        for rnd, accs in sorted(strategy.client_eval.rounds.items()):
+            record.history.append(
+                {"round": rnd, "accuracy": float(np.mean(list(accs.values()))), "client_accuracy": accs}
+            )
+    return P.load_arrays(model, result.arrays)
+
+
+def collect_latents(run: RunContext) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Ask every client for its latents; return the pooled valid ones and how many clients sent them.
+
+    The pool is in partition order, not in the order replies arrived, so that training on it
+    is reproducible from the seed.
+    """
+    cfg, view = run.cfg, run.view
+    pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for msg in broadcast(run, P.Q_SHARE_LATENTS, RecordDict({P.CONFIG: ConfigRecord()})):
+        pid = accept(msg, phase="share-latents", rnd=0, view=view, traffic=run.traffic)
+        if pid is None:
+            continue
+        try:
+            if run.record.privacy.note(msg, pid=pid, phase="share-latents", rnd=0):
+                continue
+            z, y = P.unpack_latents(
+                P.arrays(msg.content, P.LATENTS), latent_dim=cfg.latent_dim, num_classes=run.plan.dataset.num_classes
+            )
+        except (P.PayloadError, KeyError) as err:
+            log.warning("rejected latents of partition %s: %s", pid, err)
+            view.rejected("share-latents", 0, msg.metadata.src_node_id, str(err))
+            continue
+        view.latents(pid, z, y)
+        pooled[pid] = (torch.from_numpy(z), torch.from_numpy(y))
+    if not pooled:
+        raise RuntimeError("no client shared valid latents; nothing to train on")
+    parts = [pooled[pid] for pid in sorted(pooled)]
+    return torch.cat([z for z, _ in parts]), torch.cat([y for _, y in parts]), len(parts)
+
+
+def share_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
+    """Collect every client's latents once, then train the classifier on the pool."""
+    cfg, plan, record = run.cfg, run.plan, run.record
+    z_all, y_all, senders = collect_latents(run)
+    log.info("pooled %d latents from %d clients", len(z_all), senders)
+    model = build_classifier(cfg, plan.dataset)
+    gen = generator(cfg.seed, 0, 1)
+    if cfg.release_aware_learner:
+        learner = fit_server_learner(
+            z_all,
+            y_all,
+            kind=cfg.learner,
+            num_classes=plan.dataset.num_classes,
+            clip=share_clip(cfg),
+            noise_std=release_noise_std(cfg) if cfg.dp else 0.0,
+            label_epsilon=cfg.label_epsilon,
+            epochs=cfg.server_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            generator=gen,
+        )
+        model.load_state_dict(learner.state_dict())
+        log.info("server learner %s fitted on %d released latents", cfg.learner, len(z_all))
+        entry: dict[str, float | int | str] = {"round": 1, "learner": cfg.learner}
+        if encoder is not None:
+            entry["accuracy"] = central_accuracy(model, plan, encoder)
+        record.history.append(entry)
+        return model
+    for epoch in range(1, cfg.server_epochs + 1):
+        loss = train_classifier(model, z_all, y_all, epochs=1, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
+        row: dict[str, float | int | str] = {"round": epoch, "train_loss": loss}
+        if encoder is not None:
+            row["accuracy"] = central_accuracy(model, plan, encoder)
+        record.history.append(row)
+    return model
+
+
+def central_accuracy(model: torch.nn.Module, plan: DataPlan, encoder: Encoder | None) -> float:
+    """Test accuracy on the server: raw images, or latents of the server's encoder."""
+    x, y = plan.test()
+    return evaluate(model, encode(encoder, x) if encoder is not None else x, y)[1]
+
+
+def federated_evaluation(run: RunContext, model: torch.nn.Module, rnd: int) -> dict[int, float]:
+    """Every client scores the model on the test split through its own encoder."""
+    content = RecordDict({P.ARRAYS: P.module_to_arrays(model), P.CONFIG: ConfigRecord()})
+    accs: dict[int, float] = {}
+    for msg in broadcast(run, "evaluate", content):
+        pid = accept(msg, phase="evaluate", rnd=rnd, view=run.view, traffic=run.traffic)
+        if pid is not None:
+            accs[pid] = P.metric(msg.content, "accuracy")
+    if not accs:
+        raise RuntimeError("no client returned an evaluation")
+    return accs

@@ -1,0 +1,80 @@
+"""Flower ServerApp: build the run's context, run its phases, export the run directory.
+
+The phases themselves (``phases.py``): encoder, federation (FedAvg or latent sharing),
+evaluation; the export (``report.py``, ``server_view.py``): ``results.json``, ``server_view/``,
+``private_index/``. This module only wires them to Flower's ``Grid`` and ``Context``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedlatent.config import RunConfig
+from fedlatent.federation import payloads as P
+from fedlatent.federation.phases import (
+    RunContext,
+    central_accuracy,
+    encoder_phase,
+    fedavg_phase,
+    federated_evaluation,
+    share_phase,
+    wait_for_nodes,
+)
+from fedlatent.federation.report import RunRecord, run_directory
+from fedlatent.federation.server_view import ServerView
+from fedlatent.federation.strategy import Traffic
+from fedlatent.jsonable import jsonable
+from fedlatent.plan import make_plan
+
+app = ServerApp()
+log = logging.getLogger("fedlatent")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run every phase and export the run directory."""
+    _log_to_stream()
+    start = time.time()
+    cfg = RunConfig.from_run_config(context.run_config)
+    nodes = wait_for_nodes(grid, cfg.num_clients)
+    cfg = dataclasses.replace(cfg, num_clients=len(nodes))  # num-clients 0: every SuperNode
+    out = run_directory(cfg)
+    log.info("fedlatent run -> %s", out)
+    plan = make_plan(cfg)
+    record = RunRecord(cfg=cfg, out=out, plan=plan)
+    view = ServerView(out / "server_view", settings=jsonable(cfg.to_run_config()))
+    view.public_index(plan.public_idx)
+    run = RunContext(grid=grid, nodes=nodes, cfg=cfg, plan=plan, view=view, traffic=Traffic(), record=record)
+
+    encoder = encoder_phase(run) if cfg.is_latent else None
+    model = share_phase(run, encoder) if cfg.mode == "latent-share" else fedavg_phase(run, encoder)
+    view.final_model(P.module_to_arrays(model))
+
+    if cfg.is_latent and encoder is None:  # local encoders: only clients can evaluate
+        last = record.history[-1] if record.history else {}
+        if cfg.mode == "latent-fedavg" and last.get("round") == cfg.rounds and last.get("client_accuracy"):
+            record.client_accuracy = last["client_accuracy"]  # the last round evaluated the final model
+        else:
+            record.client_accuracy = federated_evaluation(run, model, cfg.rounds)
+        record.accuracy = float(np.mean(list(record.client_accuracy.values())))
+    else:
+        record.accuracy = central_accuracy(model, plan, encoder)
+    view.close()
+    record.finish(bytes_up=run.traffic.up, bytes_down=run.traffic.down, seconds=time.time() - start)
+    log.info("accuracy %.4f, results in %s", record.accuracy, out / "results.json")
+
+
+def _log_to_stream() -> None:
+    """Show fedlatent's progress in the run's log without touching the root logger."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("fedlatent: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False

@@ -186,6 +186,15 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``fedlatent bench``: the performance benchmark (federated vs central, scale, memory, DP step)."""
+    from fedlatent.bench.perf import run_bench
+
+    out = Path(args.out or f"runs/{_stamp()}-bench").expanduser().resolve()
+    run_bench(out, dataset=args.dataset, clients=args.clients, datasets=args.datasets, epsilon=args.epsilon)
+    return 0
+
+
 def _stamp() -> str:
     import time
 
@@ -218,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--preset", choices=PRESET_NAMES, default="full", help="attack effort (quick: smoke test)")
     attack.add_argument("--seed", type=int, default=0, help="seed of the attacks")
     attack.set_defaults(func=cmd_attack)
+    bench = verbs.add_parser("bench", help="performance benchmark: federated vs central, scale, memory, DP step")
+    bench.add_argument("--dataset", default="fashion-mnist", help="data set of the federated-vs-central runs")
+    bench.add_argument("--clients", nargs="+", type=int, default=[10, 100, 1000], help="latent-share client counts")
+    bench.add_argument("--datasets", nargs="+", default=["digits", "fashion-mnist"], help="data sets of the scale runs")
+    bench.add_argument("--epsilon", type=float, default=3.0, help="budget of the DP runs")
+    bench.add_argument("--out", default=None, help="output folder (default runs/<time>-bench)")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -90,7 +90,11 @@ class RunConfig:
     local_epochs: int = _key(5, _at_least(1), "client epochs per round")
     batch_size: int = _key(32, _at_least(1), "minibatch size")
     lr: float = _key(1e-3, _positive, "Adam learning rate")
+    ae_batch_size: int = _key(32, _at_least(1), "public autoencoder: minibatch size")
+    ae_lr: float = _key(1e-3, _positive, "public autoencoder: Adam learning rate")
     server_epochs: int = _key(20, _at_least(1), "latent-share: server epochs on pooled latents")
+    server_batch_size: int = _key(32, _at_least(1), "latent-share: minibatch size of the server's MLP")
+    server_lr: float = _key(1e-3, _positive, "latent-share: Adam learning rate of the server's MLP")
     server_learner: str = _key(
         "auto", _choice(SERVER_LEARNERS), "latent-share: auto (lda under DP, else mlp) | mlp | class-mean | lda"
     )
@@ -106,7 +110,8 @@ class RunConfig:
     )
     client_dp_noise: float = _key(0.0, _at_least(0.0), "client-level DP noise multiplier, server side (0 = off)")
     client_dp_clip: float = _key(1.0, _positive, "client-level DP: L2 clip of each client's update")
-    cache_dir: str = _key("", None, "cache of the public autoencoder, keyed on its settings ('' = none)")
+    cache_dir: str = _key("", None, "cache of decoded data and the public autoencoder, keyed ('' = none)")
+    client_threads: int = _key(1, _at_least(0), "torch threads of each ClientApp (0 = torch's default)")
     out_dir: str = _key("", None, "run directory ('' = runs/<time>-<mode>-<encoder>)")
 
     @classmethod

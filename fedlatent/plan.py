@@ -23,12 +23,13 @@ from torch import nn
 
 from fedlatent import __version__
 from fedlatent.config import RunConfig
-from fedlatent.data.loading import Dataset, load_dataset
+from fedlatent.data.loading import Dataset
 from fedlatent.data.partition import partition, public_private_split
+from fedlatent.data.store import Memo, cached_dataset, dataset_key
 from fedlatent.learning.cache import cached_training, data_digest
 from fedlatent.learning.models import Autoencoder, ImageClassifier, LatentClassifier
 from fedlatent.learning.seeding import generator, seeded_init
-from fedlatent.learning.training import train_autoencoder, train_hybrid_autoencoder
+from fedlatent.learning.training import OnEpoch, train_autoencoder, train_hybrid_autoencoder
 from fedlatent.privacy.client import DPPlan, plan_round
 from fedlatent.privacy.learners import ClippedClassifier
 from fedlatent.privacy.ledger import Ledger
@@ -60,14 +61,32 @@ class DataPlan:
         return torch.from_numpy(ds.x_train[idx]), torch.from_numpy(ds.y_train[idx])
 
 
+PLANS: Memo[DataPlan] = Memo(capacity=2)  # this process's plans, by data key and split settings
+_SPLIT = ("public_fraction", "seed", "num_clients", "partition", "alpha")
+
+
 def make_plan(cfg: RunConfig) -> DataPlan:
-    """Load the data set and split it as ``cfg`` says (same config -> same plan)."""
-    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir or None, download=cfg.download, max_train=cfg.max_train)
-    public_idx, private_idx = public_private_split(ds.y_train, public_fraction=cfg.public_fraction, seed=cfg.seed)
-    parts = partition(
-        ds.y_train, private_idx, num_clients=cfg.num_clients, scheme=cfg.partition, alpha=cfg.alpha, seed=cfg.seed
-    )
-    return DataPlan(dataset=ds, public_idx=public_idx, client_idx=tuple(parts))
+    """Load the data set and split it as ``cfg`` says (same config -> same plan).
+
+    Once per process and config: the data set comes decoded from ``data.store`` (and from
+    ``cache-dir`` when set) and the split from ``PLANS``, both keyed on the source files'
+    digest, so a ClientApp message costs one look-up, not a decode and a partition.
+    """
+    data_dir, download, max_train = cfg.data_dir or None, cfg.download, cfg.max_train
+    key = dataset_key(cfg.dataset, data_dir=data_dir, download=download, max_train=max_train)
+    key += tuple(str(getattr(cfg, k)) for k in _SPLIT)
+
+    def make() -> DataPlan:
+        ds = cached_dataset(
+            cfg.dataset, data_dir=data_dir, download=download, max_train=max_train, cache_dir=cfg.cache_dir
+        )
+        public_idx, private_idx = public_private_split(ds.y_train, public_fraction=cfg.public_fraction, seed=cfg.seed)
+        parts = partition(
+            ds.y_train, private_idx, num_clients=cfg.num_clients, scheme=cfg.partition, alpha=cfg.alpha, seed=cfg.seed
+        )
+        return DataPlan(dataset=ds, public_idx=public_idx, client_idx=tuple(parts))
+
+    return PLANS.get(key, make)
 
 
 def build_autoencoder(cfg: RunConfig, ds: Dataset) -> Autoencoder:
@@ -76,15 +95,18 @@ def build_autoencoder(cfg: RunConfig, ds: Dataset) -> Autoencoder:
         return Autoencoder(image_shape=ds.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
 
 
-def public_autoencoder(cfg: RunConfig, plan: DataPlan) -> tuple[Autoencoder, float, bool]:
+def public_autoencoder(
+    cfg: RunConfig, plan: DataPlan, *, on_epoch: OnEpoch | None = None
+) -> tuple[Autoencoder, float, bool]:
     """The ``public`` encoder's autoencoder, trained on the public split; ``(ae, loss, cache hit)``.
 
     Reconstruction only, or with ``ae-labels`` > 0 also a loss on the public labels. With a
     ``cache-dir`` the weights come from the cache when every setting and the data agree.
+    ``on_epoch`` follows the training (e.g. a ``progress.Progress``).
     """
     ae = build_autoencoder(cfg, plan.dataset)
     x, y = plan.public()
-    settings = ("seed", "latent_dim", "ae_arch", "ae_epochs", "ae_labels", "batch_size", "lr")
+    settings = ("seed", "latent_dim", "ae_arch", "ae_epochs", "ae_labels", "ae_batch_size", "ae_lr")
     key = {k: getattr(cfg, k) for k in settings} | {"data": data_digest(x.numpy(), y.numpy()), "version": __version__}
 
     def train() -> float:
@@ -92,9 +114,11 @@ def public_autoencoder(cfg: RunConfig, plan: DataPlan) -> tuple[Autoencoder, flo
         if cfg.ae_labels > 0:
             return train_hybrid_autoencoder(
                 ae, x, y, num_classes=plan.dataset.num_classes, label_weight=cfg.ae_labels,
-                epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen,
+                epochs=cfg.ae_epochs, batch_size=cfg.ae_batch_size, lr=cfg.ae_lr, generator=gen, on_epoch=on_epoch,
             )  # fmt: skip
-        return train_autoencoder(ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
+        return train_autoencoder(
+            ae, x, epochs=cfg.ae_epochs, batch_size=cfg.ae_batch_size, lr=cfg.ae_lr, generator=gen, on_epoch=on_epoch
+        )
 
     loss, hit = cached_training(cfg.cache_dir, name="public-autoencoder", key=key, module=ae, train=train)
     return ae, loss, hit

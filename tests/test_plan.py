@@ -143,3 +143,21 @@ def test_public_autoencoder_is_cached_on_its_settings(tmp_path) -> None:
     hybrid = RunConfig.from_run_config({**cfg.to_run_config(), "ae-labels": 1.0})
     _, _, hit3 = public_autoencoder(hybrid, plan)  # another objective: another entry
     assert hit3 is False and len(list(tmp_path.glob("public-autoencoder-*.pt"))) == 2
+
+
+def test_a_client_message_neither_decodes_nor_partitions_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What every ClientApp message does (make_plan) costs one decode per process and one split per config."""
+    from fedlatent import plan as plan_module
+    from fedlatent.data import store
+
+    decodes: list[str] = []
+    real = store.load_dataset
+    monkeypatch.setattr(store, "DECODED", store.Memo(capacity=2))
+    monkeypatch.setattr(plan_module, "PLANS", store.Memo(capacity=2))
+    monkeypatch.setattr(store, "load_dataset", lambda name, **kw: decodes.append(name) or real(name, **kw))
+    first = make_plan(cfg_of())
+    assert all(make_plan(cfg_of()) is first for _ in range(5))  # five more messages: looked up
+    other = make_plan(cfg_of(seed=4))  # another split of the same data: no decode
+    assert decodes == ["digits"] and other.dataset is first.dataset
+    assert not np.array_equal(other.public_idx, first.public_idx)
+    assert (plan_module.PLANS.hits, plan_module.PLANS.misses) == (5, 2)

@@ -133,7 +133,8 @@ def shadow_attack(
     epochs : int, optional
         Shadow training epochs; default the target's own (``rounds * local_epochs`` in the
         FedAvg modes, ``server_epochs`` in ``latent-share``). Batch size and learning rate
-        are the run's. Shadows train without DP-SGD even when the run used it.
+        are those the target was trained with (the server's in ``latent-share``).
+        Shadows train without DP-SGD even when the run used it.
     seed : int
         Fixes the aux halves, initializations and batch orders.
 
@@ -151,8 +152,10 @@ def shadow_attack(
     if num_shadows < 2:
         raise ValueError(f"num_shadows must be >= 2 to estimate a variance, got {num_shadows}")
     cfg = view.cfg
+    share = cfg.mode == "latent-share"  # the server trained the target, with its own settings
     if epochs is None:
-        epochs = cfg.server_epochs if cfg.mode == "latent-share" else cfg.rounds * cfg.local_epochs
+        epochs = cfg.server_epochs if share else cfg.rounds * cfg.local_epochs
+    batch_size, lr = (cfg.server_batch_size, cfg.server_lr) if share else (cfg.batch_size, cfg.lr)
     target_in = _model_inputs(view, x)
     aux_in, aux_y = _shadow_data(view, seeding.generator(seed, 0))
     out = np.empty((num_shadows, len(x)))
@@ -160,9 +163,7 @@ def shadow_attack(
         gen = seeding.generator(seed, 1, s)
         half = torch.randperm(len(aux_in), generator=gen)[: len(aux_in) // 2]
         shadow = _fresh_classifier(view, gen)
-        train_classifier(
-            shadow, aux_in[half], aux_y[half], epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen
-        )
+        train_classifier(shadow, aux_in[half], aux_y[half], epochs=epochs, batch_size=batch_size, lr=lr, generator=gen)
         out[s] = _log_odds(shadow, target_in, y)
     mean = out.mean(axis=0)
     var = out.var(axis=0, ddof=1)

@@ -23,7 +23,7 @@ from fedlatent.attacks.metrics import aux_class_means, mia_scores, psnr, ssim, s
 from fedlatent.attacks.model_inversion import ModelInversion
 from fedlatent.attacks.view import AttackerView
 from fedlatent.config import RunConfig
-from fedlatent.data.loading import load_dataset
+from fedlatent.data.store import cached_dataset
 from fedlatent.learning import seeding
 from fedlatent.learning.models import ImageClassifier
 from fedlatent.learning.training import encode, train_classifier
@@ -42,7 +42,7 @@ def load_truth(run_dir: str | Path) -> Truth:
     run_dir = Path(run_dir)
     settings = json.loads((run_dir / "server_view" / "manifest.json").read_text())["settings"]
     cfg = RunConfig.from_run_config(settings)
-    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir or None, download=False, max_train=cfg.max_train)
+    ds = cached_dataset(cfg.dataset, data_dir=cfg.data_dir or None, max_train=cfg.max_train)
     xs, ys = {}, {}
     for path in sorted((run_dir / "private_index").glob("client_*.npy")):
         pid = int(path.stem.split("_")[1])

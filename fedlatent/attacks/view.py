@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fedlatent.config import RunConfig
-from fedlatent.data.loading import load_dataset
+from fedlatent.data.store import cached_dataset
 from fedlatent.federation.server_view import load_server_view
 from fedlatent.learning.models import Encoder
 from fedlatent.plan import build_classifier, release_noise_std
@@ -96,7 +96,7 @@ def load_attacker_view(run_dir: str | Path) -> AttackerView:
     """
     raw = load_server_view(Path(run_dir) / "server_view")
     cfg = RunConfig.from_run_config(raw["manifest"]["settings"])
-    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir or None, download=False, max_train=cfg.max_train)
+    ds = cached_dataset(cfg.dataset, data_dir=cfg.data_dir or None, max_train=cfg.max_train)
     public = np.asarray(raw["public_index"])
     sent = {(m["phase"], int(m["rnd"])): raw[rel] for rel in raw if (m := _SENT.fullmatch(rel))}
     uploads = []

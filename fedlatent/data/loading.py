@@ -187,27 +187,50 @@ def _raw_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float
     return x[train], y[train], x[test], y[test], 16.0
 
 
+def source_files(name: str, *, data_dir: str | None = None, download: bool = False) -> list[Path]:
+    """The files ``load_dataset(name, ...)`` reads, downloading them first where allowed.
+
+    ``digits`` is scikit-learn's bundled CSV; the IDX data sets are their four files. A cache
+    of decoded data keys on these files' contents, so it can never serve a changed file.
+
+    Raises
+    ------
+    DataError
+        As ``load_dataset`` for a missing location or file, or a failed download.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == "digits":
+        from importlib.resources import files
+
+        return [Path(str(files("sklearn.datasets") / "data" / "digits.csv.gz"))]
+    return list(_idx_files(name, data_dir, download).values())
+
+
+def _idx_files(name: str, data_dir: str | None, download: bool) -> dict[str, Path]:
+    if not download:
+        return find_idx_files(name, data_dir)
+    root = Path(data_dir or Path.home() / ".cache" / "fedlatent").expanduser()
+    try:  # already downloaded: no network needed
+        return find_idx_files(name, str(root))
+    except DataError:
+        try:
+            from torchvision import datasets as tvd  # lazy: only needed for downloads
+
+            cls = tvd.FashionMNIST if name == "fashion-mnist" else tvd.MNIST
+            cls(root=str(root), train=True, download=True)  # fetches all four files
+        except Exception as exc:  # no network: URLError, OSError or RuntimeError
+            raise DataError(
+                f"could not download {name} into {root} ({exc}); check the "
+                "network, or pass a data dir holding the IDX files"
+            ) from exc
+        return find_idx_files(name, str(root))
+
+
 def _raw_idx(
     name: str, data_dir: str | None, download: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-    if download:
-        root = Path(data_dir or Path.home() / ".cache" / "fedlatent").expanduser()
-        try:  # already downloaded: no network needed
-            files = find_idx_files(name, str(root))
-        except DataError:
-            try:
-                from torchvision import datasets as tvd  # lazy: only needed for downloads
-
-                cls = tvd.FashionMNIST if name == "fashion-mnist" else tvd.MNIST
-                cls(root=str(root), train=True, download=True)  # fetches all four files
-            except Exception as exc:  # no network: URLError, OSError or RuntimeError
-                raise DataError(
-                    f"could not download {name} into {root} ({exc}); check the "
-                    "network, or pass a data dir holding the IDX files"
-                ) from exc
-            files = find_idx_files(name, str(root))
-    else:
-        files = find_idx_files(name, data_dir)
+    files = _idx_files(name, data_dir, download)
     arrays = {role: read_idx(path) for role, path in files.items()}
     for split in ("train", "test"):
         img_file, lab_file = files[f"{split}-images"], files[f"{split}-labels"]

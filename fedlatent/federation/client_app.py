@@ -7,12 +7,14 @@ Handlers (message type -> what the client does):
   (image classifier in ``raw``; latent classifier on its own encoded data otherwise).
 - ``evaluate``: accuracy of the global classifier on the test split encoded with this
   client's encoder (the ``local`` encoder, which the server never holds).
-- ``query.set_encoder``: keep the server's frozen encoder (``public``/``federated``).
+- ``query.set_encoder``: keep the server's frozen encoder (``public``/``federated``; latent-fedavg).
 - ``query.local_encoder``: train a private autoencoder; keep only its encoder, in state.
-- ``query.share_latents``: send encoded latents and labels of the private partition.
+- ``query.share_latents``: send encoded latents and labels of the private partition, through
+  the server's encoder sent with the query, or the local one in state.
 
 Each message may run in a fresh process, so the encoder lives in ``context.state`` (the
-only thing Flower persists per node) and the data plan is recomputed from the config.
+only thing Flower persists per node) and the data plan comes from the config (decoded and
+partitioned once per process, ``plan.make_plan``).
 In the latent modes no handler ever puts an image into a reply.
 """
 
@@ -61,12 +63,17 @@ def _setup(context: Context) -> tuple[RunConfig, DataPlan, int]:
         cfg = dataclasses.replace(cfg, num_clients=n)
     elif n != cfg.num_clients:
         raise ValueError(f"federation has {n} SuperNodes but config num-clients = {cfg.num_clients}")
+    if cfg.client_threads:  # small models on shared cores: extra intra-op threads only contend
+        torch.set_num_threads(cfg.client_threads)
     return cfg, make_plan(cfg), pid
 
 
+def _new_encoder(cfg: RunConfig, plan: DataPlan) -> Encoder:
+    return Encoder(image_shape=plan.dataset.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
+
+
 def _encoder(context: Context, cfg: RunConfig, plan: DataPlan) -> Encoder:
-    encoder = Encoder(image_shape=plan.dataset.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
-    return P.load_arrays(encoder, P.arrays(context.state, ENCODER_STATE))
+    return P.load_arrays(_new_encoder(cfg, plan), P.arrays(context.state, ENCODER_STATE))
 
 
 @app.train()
@@ -156,8 +163,7 @@ def set_encoder(msg: Message, context: Context) -> Message:
     """Check and keep the frozen encoder the server distributes."""
     cfg, plan, pid = _setup(context)
     record = P.arrays(msg.content)
-    encoder = Encoder(image_shape=plan.dataset.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
-    P.load_arrays(encoder, record)
+    P.load_arrays(_new_encoder(cfg, plan), record)
     context.state[ENCODER_STATE] = record
     return P.reply(msg, metrics={"num-examples": len(plan.client_idx[pid]), "partition-id": pid})
 
@@ -177,10 +183,17 @@ def local_encoder(msg: Message, context: Context) -> Message:
 
 @app.query("share_latents")
 def share_latents(msg: Message, context: Context) -> Message:
-    """Encode the private partition and send latents + labels (no images)."""
+    """Encode the private partition and send latents + labels (no images).
+
+    The encoder comes with the query when the server holds one, else from this client's state.
+    """
     cfg, plan, pid = _setup(context)
     x, y = plan.client(pid)
-    latents = encode(_encoder(context, cfg, plan), x)
+    if P.ARRAYS in msg.content.array_records:
+        encoder = P.load_arrays(_new_encoder(cfg, plan), P.arrays(msg.content))
+    else:
+        encoder = _encoder(context, cfg, plan)
+    latents = encode(encoder, x)
     metrics: dict[str, float] = {"num-examples": len(x), "partition-id": pid}
     if cfg.dp:
         ledger = _load_ledger(context.state, cfg)

@@ -27,6 +27,7 @@ from fedlatent.federation.report import RunRecord
 from fedlatent.federation.server_view import ServerView
 from fedlatent.federation.strategy import ClientLevelDP, RecordingFedAvg, Traffic, accept
 from fedlatent.learning.models import Encoder
+from fedlatent.learning.progress import Progress
 from fedlatent.learning.seeding import generator
 from fedlatent.learning.training import encode, evaluate, train_classifier
 from fedlatent.plan import (
@@ -70,10 +71,30 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0, settle: float = 3
         time.sleep(0.5)
 
 
-def broadcast(run: RunContext, message_type: str, content: RecordDict) -> list[Message]:
-    """Send one body to every node of the run and return their replies."""
+def broadcast(run: RunContext, message_type: str, content: RecordDict, *, poll: float = 0.5) -> list[Message]:
+    """Send one body to every node of the run and return their replies, logging progress.
+
+    Flower's ``send_and_receive`` does the same silently (and polls every 3 s); with 1,000
+    clients a broadcast takes minutes, so the replies are pulled here and counted as they come.
+    """
+    with run.record.timed(message_type.removeprefix("query.")):
+        return _send_and_pull(run, message_type, content, poll)
+
+
+def _send_and_pull(run: RunContext, message_type: str, content: RecordDict, poll: float) -> list[Message]:
     messages = (Message(content=content, message_type=message_type, dst_node_id=n) for n in run.nodes)
-    return list(run.grid.send_and_receive(run.traffic.sent(messages)))
+    pending = set(run.grid.push_messages(run.traffic.sent(messages)))
+    progress = Progress(message_type.removeprefix("query."), len(pending), unit="replies", log=log.info, after=10)
+    replies: list[Message] = []
+    while pending:
+        pulled = list(run.grid.pull_messages(pending))
+        replies += pulled
+        pending -= {m.metadata.reply_to_message_id for m in pulled}
+        if pulled:
+            progress(len(replies))
+        if pending:
+            time.sleep(poll)
+    return replies
 
 
 def recording_fedavg(
@@ -106,7 +127,8 @@ def encoder_phase(run: RunContext) -> Encoder | None:
         log.info("local encoders trained on %d of %d clients", sum(p is not None for p in ok), len(run.nodes))
         return None
     if cfg.encoder == "public":
-        ae, loss, hit = public_autoencoder(cfg, plan)
+        progress = Progress("public autoencoder", cfg.ae_epochs, log=log.info)
+        ae, loss, hit = public_autoencoder(cfg, plan, on_epoch=progress)
         how = "loaded from the cache" if hit else "trained"
         log.info("public autoencoder %s (%d records), loss %.4f", how, len(plan.public_idx), loss)
     else:
@@ -117,8 +139,9 @@ def encoder_phase(run: RunContext) -> Encoder | None:
     encoder_arrays = P.module_to_arrays(ae.encoder)  # the decoder is discarded here
     arch = {"image_shape": list(plan.dataset.image_shape), "latent_dim": cfg.latent_dim, "arch": cfg.ae_arch}
     view.encoder(encoder_arrays, arch=arch)
-    for m in broadcast(run, P.Q_SET_ENCODER, RecordDict({P.ARRAYS: encoder_arrays})):
-        accept(m, phase="set-encoder", rnd=0, view=view, traffic=run.traffic)
+    if cfg.mode != "latent-share":  # latent-share sends it with its one query instead (share_phase)
+        for m in broadcast(run, P.Q_SET_ENCODER, RecordDict({P.ARRAYS: encoder_arrays})):
+            accept(m, phase="set-encoder", rnd=0, view=view, traffic=run.traffic)
     return ae.encoder
 
 
@@ -154,18 +177,25 @@ def fedavg_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
             record.history.append(
                 {"round": rnd, "accuracy": float(np.mean(list(accs.values()))), "client_accuracy": accs}
             )
+    for row in record.history:  # how each round's cost grows with the clients (benchmarks read it)
+        if row["round"] in strategy.round_seconds:
+            row["seconds"] = strategy.round_seconds[row["round"]]
     return P.load_arrays(model, result.arrays)
 
 
-def collect_latents(run: RunContext) -> tuple[torch.Tensor, torch.Tensor, int]:
+def collect_latents(run: RunContext, encoder: Encoder | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Ask every client for its latents; return the pooled valid ones and how many clients sent them.
 
-    The pool is in partition order, not in the order replies arrived, so that training on it
-    is reproducible from the seed.
+    The server's encoder, if it holds one, travels with the query: one message per client, and
+    no copy of it in every node's state (1,000 clients kept 1,000 copies). The pool is in
+    partition order, not in the order replies arrived, so that training on it is reproducible.
     """
     cfg, view = run.cfg, run.view
     pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for msg in broadcast(run, P.Q_SHARE_LATENTS, RecordDict({P.CONFIG: ConfigRecord()})):
+    content = RecordDict({P.CONFIG: ConfigRecord()})
+    if encoder is not None:
+        content[P.ARRAYS] = P.module_to_arrays(encoder)
+    for msg in broadcast(run, P.Q_SHARE_LATENTS, content):
         pid = accept(msg, phase="share-latents", rnd=0, view=view, traffic=run.traffic)
         if pid is None:
             continue
@@ -190,7 +220,7 @@ def collect_latents(run: RunContext) -> tuple[torch.Tensor, torch.Tensor, int]:
 def share_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
     """Collect every client's latents once, then train the classifier on the pool."""
     cfg, plan, record = run.cfg, run.plan, run.record
-    z_all, y_all, senders = collect_latents(run)
+    z_all, y_all, senders = collect_latents(run, encoder)
     log.info("pooled %d latents from %d clients", len(z_all), senders)
     model = build_classifier(cfg, plan.dataset)
     gen = generator(cfg.seed, 0, 1)
@@ -204,8 +234,8 @@ def share_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
             noise_std=release_noise_std(cfg) if cfg.dp else 0.0,
             label_epsilon=cfg.label_epsilon,
             epochs=cfg.server_epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
+            batch_size=cfg.server_batch_size,
+            lr=cfg.server_lr,
             generator=gen,
         )
         model.load_state_dict(learner.state_dict())
@@ -215,8 +245,12 @@ def share_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
             entry["accuracy"] = central_accuracy(model, plan, encoder)
         record.history.append(entry)
         return model
+    progress = Progress("server classifier", cfg.server_epochs, log=log.info)
     for epoch in range(1, cfg.server_epochs + 1):
-        loss = train_classifier(model, z_all, y_all, epochs=1, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
+        loss = train_classifier(
+            model, z_all, y_all, epochs=1, batch_size=cfg.server_batch_size, lr=cfg.server_lr, generator=gen
+        )
+        progress(epoch, loss=loss)
         row: dict[str, float | int | str] = {"round": epoch, "train_loss": loss}
         if encoder is not None:
             row["accuracy"] = central_accuracy(model, plan, encoder)

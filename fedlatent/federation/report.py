@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,16 @@ class RunRecord:
     accuracy: float = float("nan")
     client_accuracy: dict[int, float] | None = None
     privacy: PrivacyLog = field(default_factory=PrivacyLog)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase, as it ran
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the wall time of the block to ``seconds[phase]``."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.monotonic() - start
 
     def results(self, *, bytes_up: int, bytes_down: int, seconds: float) -> dict[str, Any]:
         """The ``results.json`` mapping."""
@@ -68,6 +80,7 @@ class RunRecord:
             "bytes_uploaded": bytes_up,
             "bytes_downloaded": bytes_down,
             "wall_seconds": seconds,
+            "phase_seconds": dict(self.seconds),
             "history": self.history,
             "seed": cfg.seed,
             "records": {

@@ -12,6 +12,7 @@ import logging
 import time
 
 import numpy as np
+import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -30,6 +31,7 @@ from fedlatent.federation.report import RunRecord, run_directory
 from fedlatent.federation.server_view import ServerView
 from fedlatent.federation.strategy import Traffic
 from fedlatent.jsonable import jsonable
+from fedlatent.learning.models import Encoder
 from fedlatent.plan import make_plan
 
 app = ServerApp()
@@ -52,10 +54,21 @@ def main(grid: Grid, context: Context) -> None:
     view.public_index(plan.public_idx)
     run = RunContext(grid=grid, nodes=nodes, cfg=cfg, plan=plan, view=view, traffic=Traffic(), record=record)
 
-    encoder = encoder_phase(run) if cfg.is_latent else None
-    model = share_phase(run, encoder) if cfg.mode == "latent-share" else fedavg_phase(run, encoder)
+    with record.timed("encoder"):
+        encoder = encoder_phase(run) if cfg.is_latent else None
+    with record.timed("federation"):
+        model = share_phase(run, encoder) if cfg.mode == "latent-share" else fedavg_phase(run, encoder)
     view.final_model(P.module_to_arrays(model))
+    with record.timed("evaluation"):
+        _final_accuracy(run, model, encoder)
+    view.close()
+    record.finish(bytes_up=run.traffic.up, bytes_down=run.traffic.down, seconds=time.time() - start)
+    log.info("accuracy %.4f, results in %s", record.accuracy, out / "results.json")
 
+
+def _final_accuracy(run: RunContext, model: torch.nn.Module, encoder: Encoder | None) -> None:
+    """The final test accuracy: central when the server holds the encoder (or in raw), else federated."""
+    cfg, record = run.cfg, run.record
     if cfg.is_latent and encoder is None:  # local encoders: only clients can evaluate
         last = record.history[-1] if record.history else {}
         if cfg.mode == "latent-fedavg" and last.get("round") == cfg.rounds and last.get("client_accuracy"):
@@ -64,10 +77,7 @@ def main(grid: Grid, context: Context) -> None:
             record.client_accuracy = federated_evaluation(run, model, cfg.rounds)
         record.accuracy = float(np.mean(list(record.client_accuracy.values())))
     else:
-        record.accuracy = central_accuracy(model, plan, encoder)
-    view.close()
-    record.finish(bytes_up=run.traffic.up, bytes_down=run.traffic.down, seconds=time.time() - start)
-    log.info("accuracy %.4f, results in %s", record.accuracy, out / "results.json")
+        record.accuracy = central_accuracy(model, run.plan, encoder)
 
 
 def _log_to_stream() -> None:

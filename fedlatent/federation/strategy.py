@@ -9,6 +9,7 @@ every accepted upload is written to the server view, and bytes are counted both 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -114,12 +115,15 @@ class RecordingFedAvg(FedAvg):
         self.client_eval = ClientEval()
         self.screened = False  # True while a wrapper hands over replies it has screened already
         self.privacy = privacy if privacy is not None else PrivacyLog()
+        self.round_seconds: dict[int, float] = {}  # from sending a round's messages to its aggregate
+        self._round_start: dict[int, float] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """FedAvg's messages, tagged with the phase, recorded and counted."""
         config["phase"] = self.phase
+        self._round_start[server_round] = time.monotonic()
         self.view.sent(self.phase, server_round, arrays)
         return self.traffic.sent(super().configure_train(server_round, arrays, config, grid))
 
@@ -128,10 +132,14 @@ class RecordingFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate only the replies that pass the checks (``screen``)."""
         accepted = list(replies) if self.screened else self.screen(server_round, replies)
-        if not accepted:
-            log.warning("round %s of %s: no valid update; the global model is kept", server_round, self.phase)
-            return None, None
-        return super().aggregate_train(server_round, accepted)
+        try:
+            if not accepted:
+                log.warning("round %s of %s: no valid update; the global model is kept", server_round, self.phase)
+                return None, None
+            return super().aggregate_train(server_round, accepted)
+        finally:
+            if server_round in self._round_start:
+                self.round_seconds[server_round] = time.monotonic() - self._round_start[server_round]
 
     def screen(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """The replies that pass the checks; each one is recorded, each rejection logged."""

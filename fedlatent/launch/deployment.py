@@ -37,6 +37,7 @@ from fedlatent.launch.processes import (
     HOST,
     ConfigValue,
     FederationError,
+    FederationResult,
     find_tool,
     flower_env,
     free_ports,
@@ -44,7 +45,8 @@ from fedlatent.launch.processes import (
     stop_sessions,
     tree_sessions,
 )
-from fedlatent.launch.superlink import CONNECTION, FederationResult, LocalSuperLink
+from fedlatent.launch.security import NodeKey, TLSFiles, make_node_keys, make_tls, supernode_flags
+from fedlatent.launch.superlink import CONNECTION, LocalSuperLink
 
 # With these set, the SuperLink would also bind legacy gRPC APIs on fixed, public addresses.
 _GRPC_SWITCHES = ("FLWR_INTERNAL_GRPC_FLEET_API", "FLWR_INTERNAL_GRPC_CONTROL_API")
@@ -76,22 +78,41 @@ class LocalDeployment:
     startup_timeout : float
         Seconds to wait for the SuperLink's health check, then again for every SuperNode to
         be registered and online.
+    tls : bool
+        Serve the SuperLink over TLS with a CA and certificate made for this deployment
+        (``flwr_home/tls``, ``security.make_tls``); SuperNodes and the CLI trust that CA.
+    auth : bool
+        SuperNode authentication (needs ``tls``): a key pair per SuperNode (``flwr_home/keys``),
+        each public key registered with the SuperLink before its SuperNode starts; a SuperNode
+        with any other key is refused.
     """
 
     def __init__(
-        self, *, flwr_home: Path, num_supernodes: int, workdir: Path | None = None, startup_timeout: float = 60.0
+        self,
+        *,
+        flwr_home: Path,
+        num_supernodes: int,
+        workdir: Path | None = None,
+        startup_timeout: float = 60.0,
+        tls: bool = False,
+        auth: bool = False,
     ) -> None:
         if num_supernodes < 1:
             raise ValueError("num_supernodes must be at least 1")
+        if auth and not tls:
+            raise ValueError("SuperNode authentication needs TLS (Flower refuses it on insecure connections)")
         self.flwr_home = Path(flwr_home).resolve()
         self.num_supernodes = num_supernodes
         self.workdir = Path(workdir or Path.cwd()).resolve()
         self.startup_timeout = startup_timeout
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.threads_per_node = max(1, cpus // num_supernodes)
+        self.tls: TLSFiles | None = make_tls(self.flwr_home / "tls") if tls else None
+        self.keys: list[NodeKey] = make_node_keys(self.flwr_home / "keys", num_supernodes) if auth else []
         self.link = LocalSuperLink(
-            flwr_home=self.flwr_home, startup_timeout=startup_timeout, workdir=self.workdir, simulation=False
-        )
+            flwr_home=self.flwr_home, startup_timeout=startup_timeout, workdir=self.workdir, simulation=False,
+            tls=self.tls, supernode_auth=auth,
+        )  # fmt: skip
         for name in _GRPC_SWITCHES:
             self.link.env.pop(name, None)
         self._nodes: list[_SuperNode] = []
@@ -121,6 +142,8 @@ class LocalDeployment:
             raise RuntimeError("LocalDeployment is already running")
         self.link.start()
         try:
+            for key in self.keys:  # only these SuperNodes may connect
+                self.link.register_supernode(key.public)
             for i, port in enumerate(free_ports(self.num_supernodes)):
                 self._nodes.append(self._start_supernode(i, port))
             self._wait_online()
@@ -143,7 +166,8 @@ class LocalDeployment:
         for name in _THREAD_VARS:  # N nodes share this host: cap each one's threads, as Ray does
             env.setdefault(name, str(self.threads_per_node))
         command = [
-            find_tool("flower-supernode", env), "--insecure", "--superlink", self.address,
+            find_tool("flower-supernode", env), *supernode_flags(self.tls, self.keys[i] if self.keys else None),
+            "--superlink", self.address,
             "--isolation", "subprocess", "--host", HOST, "--port", str(port),
             "--node-config", f"partition-id={i} num-partitions={self.num_supernodes}",
         ]  # fmt: skip

@@ -22,6 +22,7 @@ import sysconfig
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -35,6 +36,16 @@ TAIL_LINES = 40  # lines of each log quoted in a FederationError
 
 class FederationError(RuntimeError):
     """A federation could not start, did not complete, or timed out (message has log tails)."""
+
+
+@dataclass(frozen=True)
+class FederationResult:
+    """A run that finished with status ``finished:completed``."""
+
+    run_id: int
+    status: str
+    log: str  # captured ``flwr run --stream`` output, without ANSI colours
+    seconds: float
 
 
 def format_run_config(values: Mapping[str, ConfigValue]) -> str:
@@ -138,6 +149,16 @@ def free_ports(count: int = 1) -> list[int]:
         for sock in socks:  # let the OS pick each port
             sock.bind((HOST, 0))
         return [sock.getsockname()[1] for sock in socks]
+
+
+def sessions_rss(sessions: set[int]) -> int:
+    """Resident memory in bytes of every live process of ``sessions`` together (from ``ps``)."""
+    out = subprocess.run(["ps", "-A", "-o", "sess=", "-o", "rss=", "-o", "stat="], capture_output=True, text=True)
+    total = 0
+    for fields in map(str.split, out.stdout.splitlines()):
+        if len(fields) >= 3 and int(fields[0]) in sessions and not fields[2].startswith("Z"):
+            total += int(fields[1]) * 1024
+    return total
 
 
 def _live_members(sessions: set[int]) -> list[int]:

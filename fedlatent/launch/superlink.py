@@ -11,6 +11,8 @@ fedlatent's CLI and integration tests run the Flower app as a user would, with `
   is disabled, so the apps run in this interpreter with its packages.
 * ``flwr run --stream`` exits 0 even when the ServerApp raises, so the outcome is read with
   ``flwr list --format json``; anything but ``finished:completed`` raises FederationError.
+* With ``tls`` (``security.make_tls``) every API is served over TLS, and with
+  ``supernode_auth`` only registered SuperNode keys may connect (the deployment path).
 
 ServerApp and ClientApps run in the SuperLink's working directory (the caller's unless
 ``workdir`` is given) and import the app from the FAB copy that Flower installs under
@@ -25,9 +27,7 @@ import os
 import re
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from fedlatent.launch.processes import (
     TAIL_LINES,
     ConfigValue,
     FederationError,
+    FederationResult,
     find_tool,
     flower_env,
     format_run_config,
@@ -45,20 +46,11 @@ from fedlatent.launch.processes import (
     stream_command,
     tree_sessions,
 )
+from fedlatent.launch.security import TLSFiles, connection_trust, health_opener, superlink_flags
 
 CONNECTION = "fedlatent"  # the connection written to $FLWR_HOME/config.toml
 COMPLETED = "finished:completed"
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
-
-
-@dataclass(frozen=True)
-class FederationResult:
-    """A run that finished with status ``finished:completed``."""
-
-    run_id: int
-    status: str
-    log: str  # captured ``flwr run --stream`` output, without ANSI colours
-    seconds: float
 
 
 class LocalSuperLink:
@@ -77,13 +69,29 @@ class LocalSuperLink:
     simulation : bool
         Start the SuperLink with ``--simulation`` (default). Without it the SuperLink serves
         real SuperNodes, as :class:`fedlatent.launch.deployment.LocalDeployment` uses it.
+    tls : TLSFiles | None
+        Serve every API over TLS with these files (``security.make_tls``); the ``flwr`` CLI
+        then trusts their CA. None: ``--insecure`` (loopback only).
+    supernode_auth : bool
+        ``--enable-supernode-auth``: only SuperNodes whose public key was registered
+        (``register_supernode``) may connect. Flower requires TLS for it.
     """
 
     def __init__(
-        self, *, flwr_home: Path, startup_timeout: float = 60.0, workdir: Path | None = None, simulation: bool = True
+        self,
+        *,
+        flwr_home: Path,
+        startup_timeout: float = 60.0,
+        workdir: Path | None = None,
+        simulation: bool = True,
+        tls: TLSFiles | None = None,
+        supernode_auth: bool = False,
     ) -> None:
+        if supernode_auth and tls is None:
+            raise ValueError("SuperNode authentication needs TLS")
         self.flwr_home = Path(flwr_home).resolve()
         self.simulation = simulation
+        self.tls, self.supernode_auth = tls, supernode_auth
         self.startup_timeout = startup_timeout
         self.workdir = Path(workdir or Path.cwd()).resolve()
         self.log_file = self.flwr_home / "superlink.log"
@@ -111,12 +119,14 @@ class LocalSuperLink:
             raise RuntimeError("LocalSuperLink is already running")
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         self.port = free_ports()[0]
+        trust = connection_trust(self.tls)
         (self.flwr_home / "config.toml").write_text(
             f'# Written by fedlatent.launch.superlink.\n[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n'
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\n{trust}\n'
         )
         command = [
-            find_tool("flower-superlink", self.env), "--insecure", *(["--simulation"] if self.simulation else []),
+            find_tool("flower-superlink", self.env), *superlink_flags(self.tls, supernode_auth=self.supernode_auth),
+            *(["--simulation"] if self.simulation else []),
             "--isolation", "subprocess",  # as flwr's own local SuperLink
             "--host", HOST, "--port", str(self.port), "--database", str(self.flwr_home / "state.db"),
             "--disable-runtime-dependency-installation",
@@ -143,10 +153,10 @@ class LocalSuperLink:
 
     def _wait_healthy(self) -> None:
         assert self._proc is not None
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+        scheme, opener = health_opener(self.tls)
         deadline = time.monotonic() + self.startup_timeout
         while (code := self._proc.poll()) is None:
-            with contextlib.suppress(OSError), opener.open(f"http://{self.address}/health", timeout=1.0) as reply:
+            with contextlib.suppress(OSError), opener.open(f"{scheme}://{self.address}/health", timeout=1.0) as reply:
                 if reply.status == 200:
                     return
             if time.monotonic() > deadline:
@@ -178,6 +188,12 @@ class LocalSuperLink:
         """Run the ``flwr`` CLI with ``args`` in this SuperLink's environment and capture its output."""
         command = [find_tool("flwr", self.env), *args]
         return subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=timeout)
+
+    def register_supernode(self, public_key: Path) -> None:
+        """Allow the SuperNode of ``public_key`` to connect (``flwr supernode register``)."""
+        done = self.flwr("supernode", "register", str(public_key), CONNECTION, timeout=60.0)
+        if done.returncode != 0 or "registered successfully" not in done.stdout:
+            raise self.error(f"cannot register the SuperNode key {public_key}", done.stdout + done.stderr)
 
     def status(self, run_id: int) -> tuple[str, str]:
         """Return ``(status, details)`` of a run, e.g. ``("finished:failed", "Simulation failed ...")``."""
@@ -215,15 +231,8 @@ class LocalSuperLink:
         echo : Callable[[str], None] | None
             Called with each output line as it arrives (progress for users).
 
-        Returns
-        -------
-        FederationResult
-            Run id, final status, captured output and wall time.
-
-        Raises
-        ------
-        FederationError
-            If the run is refused, does not complete, or times out.
+        Returns the run id, final status, captured output and wall time (``FederationResult``);
+        raises ``FederationError`` if the run is refused, does not complete, or times out.
         """
         if self._proc is None:
             raise RuntimeError("LocalSuperLink.run() must be called inside its `with` block")

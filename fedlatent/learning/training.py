@@ -16,6 +16,8 @@ from torch import nn
 from fedlatent.learning.models import Autoencoder
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+OnEpoch = Callable[..., None]
+"""Called as ``on_epoch(epoch, loss=mean_loss)`` after each epoch (e.g. a ``progress.Progress``)."""
 
 
 def classification_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -75,8 +77,11 @@ def fit(
     *,
     epochs: int,
     loss_fn: LossFn,
+    on_epoch: OnEpoch | None = None,
 ) -> float:
     """Train in place for ``epochs``; return the mean loss of the last epoch.
+
+    ``on_epoch(epoch, loss=...)`` is called after every epoch when given.
 
     Raises
     ------
@@ -85,7 +90,7 @@ def fit(
     """
     model.train()
     mean = float("nan")
-    for _ in range(epochs):
+    for epoch in range(epochs):
         total, count = 0.0, 0
         for x, y in loader:
             if len(x) == 0:  # Poisson sampling can draw an empty batch
@@ -99,6 +104,8 @@ def fit(
             total += loss.item() * len(x)
             count += len(x)
         mean = total / max(count, 1)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, loss=mean)
     return mean
 
 
@@ -111,11 +118,12 @@ def train_classifier(
     batch_size: int,
     lr: float,
     generator: torch.Generator,
+    on_epoch: OnEpoch | None = None,
 ) -> float:
     """Train a classifier (image or latent) with Adam and cross-entropy."""
     loader = make_loader(x, y, batch_size=batch_size, generator=generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    return fit(model, loader, optimizer, epochs=epochs, loss_fn=classification_loss)
+    return fit(model, loader, optimizer, epochs=epochs, loss_fn=classification_loss, on_epoch=on_epoch)
 
 
 def train_autoencoder(
@@ -126,11 +134,12 @@ def train_autoencoder(
     batch_size: int,
     lr: float,
     generator: torch.Generator,
+    on_epoch: OnEpoch | None = None,
 ) -> float:
     """Train an autoencoder on reconstruction; labels are never used."""
     loader = make_loader(x, torch.zeros(len(x), dtype=torch.long), batch_size=batch_size, generator=generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    return fit(model, loader, optimizer, epochs=epochs, loss_fn=reconstruction_loss)
+    return fit(model, loader, optimizer, epochs=epochs, loss_fn=reconstruction_loss, on_epoch=on_epoch)
 
 
 class _WithHead(nn.Module):
@@ -159,6 +168,7 @@ def train_hybrid_autoencoder(
     batch_size: int,
     lr: float,
     generator: torch.Generator,
+    on_epoch: OnEpoch | None = None,
 ) -> float:
     """Train an autoencoder on reconstruction plus ``label_weight`` x cross-entropy of a linear head.
 
@@ -169,7 +179,7 @@ def train_hybrid_autoencoder(
     hybrid = _WithHead(model, num_classes, label_weight)
     loader = make_loader(x, y, batch_size=batch_size, generator=generator)
     optimizer = torch.optim.Adam(hybrid.parameters(), lr=lr)
-    return fit(hybrid, loader, optimizer, epochs=epochs, loss_fn=hybrid.loss)
+    return fit(hybrid, loader, optimizer, epochs=epochs, loss_fn=hybrid.loss, on_epoch=on_epoch)
 
 
 @torch.no_grad()

@@ -1,0 +1,88 @@
+"""The centralized references of the performance benchmark: the federation's training in one process.
+
+What: ``central_seconds(cfg)`` does what a ``raw`` or ``latent-fedavg`` federation of ``cfg``
+computes — the public autoencoder and the encoding of every record in the latent mode, then
+``rounds x local-epochs`` epochs of the classifier over all clients' records, plain or with
+DP-SGD at the noise the clients would use — in this process, and returns its wall time.
+``step_seconds`` times one plain and one DP-SGD step of the same model on the same batch.
+
+Why: "federated ÷ centralized" is the overhead Flower and fedlatent add to the same work;
+a DP-SGD step ÷ a plain step is what privacy costs per step. Both are ratios, which hold on
+a noisy machine where absolute seconds do not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from fedlatent.config import RunConfig
+from fedlatent.learning.seeding import generator
+from fedlatent.learning.training import (
+    classification_losses,
+    encode,
+    evaluate,
+    make_loader,
+    train_classifier,
+)
+from fedlatent.plan import build_classifier, dp_round_plan, make_plan, public_autoencoder
+from fedlatent.privacy.dp_sgd import dp_fit
+
+
+def central_seconds(cfg: RunConfig) -> tuple[float, float]:
+    """Wall seconds and test accuracy of the federation's training done centrally (see module docstring)."""
+    if cfg.mode not in ("raw", "latent-fedavg") or (cfg.is_latent and cfg.encoder != "public"):
+        raise ValueError("the centralized reference exists for raw and latent-fedavg with a public encoder")
+    start = time.monotonic()
+    plan = make_plan(dataclasses.replace(cfg, cache_dir=""))
+    x = torch.cat([plan.client(p)[0] for p in range(cfg.num_clients)])
+    y = torch.cat([plan.client(p)[1] for p in range(cfg.num_clients)])
+    xt, yt = plan.test()
+    model = build_classifier(cfg, plan.dataset)
+    if cfg.is_latent:
+        ae, _, _ = public_autoencoder(dataclasses.replace(cfg, cache_dir=""), plan)
+        x, xt = encode(ae.encoder, x), encode(ae.encoder, xt)
+    epochs = cfg.rounds * cfg.local_epochs
+    gen = generator(cfg.seed, 9)
+    if cfg.dp:
+        # One client's noise (the federation's clients each train a tenth of the records).
+        z = dp_round_plan(cfg, len(x) // cfg.num_clients).noise_multiplier
+        dp_fit(
+            model, x, y, record_loss_fn=classification_losses, epochs=epochs, batch_size=cfg.batch_size,
+            lr=cfg.lr, noise_multiplier=z, max_grad_norm=cfg.max_grad_norm, generator=gen,
+        )  # fmt: skip
+    else:
+        train_classifier(model, x, y, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
+    accuracy = evaluate(model, xt, yt)[1]
+    return time.monotonic() - start, accuracy
+
+
+def step_seconds(cfg: RunConfig, *, steps: int = 50) -> dict[str, float]:
+    """Seconds per step of plain Adam and of DP-SGD (ghost clipping) on the run's model and batch size."""
+    plan = make_plan(dataclasses.replace(cfg, cache_dir=""))
+    x, y = plan.client(0)
+    model = build_classifier(dataclasses.replace(cfg, mode="raw"), plan.dataset)
+    gen = generator(cfg.seed, 10)
+    batches = iter(make_loader(x, y, batch_size=cfg.batch_size, generator=gen))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start = time.monotonic()
+    for _ in range(steps):
+        try:
+            xb, yb = next(batches)
+        except StopIteration:
+            batches = iter(make_loader(x, y, batch_size=cfg.batch_size, generator=gen))
+            xb, yb = next(batches)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+        optimizer.step()
+    plain = (time.monotonic() - start) / steps
+    rate = cfg.batch_size / len(x)
+    start = time.monotonic()
+    _, taken, _ = dp_fit(
+        model, x, y, record_loss_fn=classification_losses, epochs=steps * rate, batch_size=cfg.batch_size,
+        lr=cfg.lr, noise_multiplier=1.0, max_grad_norm=cfg.max_grad_norm, generator=gen,
+    )  # fmt: skip
+    dp = (time.monotonic() - start) / taken
+    return {"plain_step_seconds": plain, "dp_step_seconds": dp, "dp_over_plain": dp / plain}

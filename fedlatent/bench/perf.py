@@ -1,0 +1,166 @@
+"""``fedlatent bench``: the performance benchmark, as ratios that hold on a noisy machine.
+
+From one invocation, on one private SuperLink (real ``flwr run`` simulations):
+
+- ``fed_vs_central``: federated wall time ÷ the same training done centrally in one process
+  (``central.py``), for ``raw`` and ``latent-fedavg``, with and without DP;
+- ``dp_step``: a DP-SGD step ÷ a plain step of the image model;
+- ``scale``: ``latent-share`` at growing client counts on each data set: seconds per client
+  message (the share broadcast's wall time ÷ its messages; it must not grow with the data
+  set), peak resident memory of all Flower processes, bytes uploaded per client;
+- ``rounds``: ``raw`` and ``latent-fedavg`` at 100 clients with ``fraction-train 0.1``: seconds
+  per round, peak memory, bytes uploaded per client.
+
+Writes ``bench.json`` (every figure), ``bench.md`` (the tables) and ``bench.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fedlatent.bench.central import central_seconds, step_seconds
+from fedlatent.bench.report import write_report
+from fedlatent.config import RunConfig
+from fedlatent.jsonable import jsonable
+from fedlatent.launch.processes import sessions_rss, tree_sessions
+from fedlatent.launch.superlink import LocalSuperLink
+
+# Small enough for 2 cores, large enough that fixed costs do not dominate.
+FED = {"rounds": 3, "local-epochs": 1, "ae-epochs": 5, "num-clients": 10, "epsilon": "inf"}
+SHARE = {"mode": "latent-share", "encoder": "public", "ae-epochs": 1, "server-epochs": 1, "ae-batch-size": 256}
+
+
+@contextmanager
+def peak_memory(link: LocalSuperLink, every: float = 0.5) -> Iterator[dict[str, int]]:
+    """Sample the resident memory of every process the SuperLink started; yields ``{"peak": bytes}``."""
+    result = {"peak": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            if link.pid is not None:
+                result["peak"] = max(result["peak"], sessions_rss(tree_sessions(link.pid)))
+            done.wait(every)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        thread.join()
+
+
+class Bench:
+    """One benchmark invocation: a SuperLink, an output folder, and the runs made so far."""
+
+    def __init__(self, link: LocalSuperLink, out: Path, *, dataset: str, echo: Callable[[str], None]) -> None:
+        self.link, self.out, self.dataset, self.echo = link, out, dataset, echo
+
+    def federation(self, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Run one federation; return its results.json with the peak memory and launcher wall time."""
+        from fedlatent.cli import app_dir  # the app this package belongs to
+
+        run_dir = self.out / "runs" / name
+        settings = {"dataset": self.dataset, **overrides, "out-dir": str(run_dir)}
+        cfg = RunConfig.from_run_config(settings)
+        self.echo(f"bench: {name} ({cfg.num_clients} clients, {cfg.mode}, {cfg.dataset}) ...")
+        start = time.monotonic()
+        with peak_memory(self.link) as memory:
+            self.link.run(app_dir(), run_config=cfg.to_run_config(), num_supernodes=cfg.num_clients, timeout=3600)
+        results = json.loads((run_dir / "results.json").read_text())
+        results["peak_rss_bytes"] = memory["peak"]
+        results["launcher_seconds"] = time.monotonic() - start
+        self.echo(f"bench: {name}: {results['wall_seconds']:.1f} s, peak {memory['peak'] / 2**30:.2f} GiB")
+        return results
+
+
+def fed_vs_central(bench: Bench, *, epsilon: float) -> list[dict[str, Any]]:
+    """Federated ÷ centralized wall time for raw and latent-fedavg, without and with DP."""
+    rows = []
+    for mode in ("raw", "latent-fedavg"):
+        for eps in (float("inf"), epsilon):
+            name = f"{mode}-eps{eps:g}"
+            res = bench.federation(name, {**FED, "mode": mode, "encoder": "public", "epsilon": eps})
+            cfg = RunConfig.from_run_config(res["config"])
+            central, central_acc = central_seconds(dataclasses.replace(cfg, out_dir=""))
+            rows.append(
+                {
+                    "mode": mode, "epsilon": None if eps == float("inf") else eps,
+                    "federated_seconds": res["wall_seconds"], "central_seconds": central,
+                    "ratio": res["wall_seconds"] / central, "federated_accuracy": res["accuracy"],
+                    "central_accuracy": central_acc,
+                    "bytes_uploaded_per_client": res["bytes_uploaded"] / res["num_clients"],
+                }
+            )  # fmt: skip
+    return rows
+
+
+def scale(bench: Bench, *, clients: Sequence[int], datasets: Sequence[str]) -> list[dict[str, Any]]:
+    """latent-share at each client count and data set: per-message cost, memory, bytes."""
+    rows = []
+    for dataset in datasets:
+        for n in clients:
+            bench.dataset = dataset
+            res = bench.federation(f"share-{dataset}-{n}", {**SHARE, "num-clients": n})
+            share = res["phase_seconds"].get("share_latents", float("nan"))
+            rows.append(
+                {
+                    "dataset": dataset, "clients": n, "round_seconds": share, "seconds_per_message": share / n,
+                    "wall_seconds": res["wall_seconds"], "peak_rss_bytes": res["peak_rss_bytes"],
+                    "bytes_uploaded_per_client": res["bytes_uploaded"] / n,
+                }
+            )  # fmt: skip
+    return rows
+
+
+def rounds(bench: Bench, *, clients: int = 100) -> list[dict[str, Any]]:
+    """raw and latent-fedavg at ``clients`` clients, a tenth sampled per round."""
+    rows = []
+    for mode in ("raw", "latent-fedavg"):
+        over = {**FED, "mode": mode, "num-clients": clients, "fraction-train": 0.1}
+        res = bench.federation(f"{mode}-{clients}", over)
+        per_round = [row["seconds"] for row in res["history"] if "seconds" in row]
+        rows.append(
+            {
+                "mode": mode, "clients": clients, "fraction_train": 0.1,
+                "seconds_per_round": sum(per_round) / max(len(per_round), 1),
+                "peak_rss_bytes": res["peak_rss_bytes"], "accuracy": res["accuracy"],
+                "bytes_uploaded_per_client": res["bytes_uploaded"] / clients,
+            }
+        )  # fmt: skip
+    return rows
+
+
+def run_bench(
+    out: Path,
+    *,
+    dataset: str = "fashion-mnist",
+    clients: Sequence[int] = (10, 100, 1000),
+    datasets: Sequence[str] = ("digits", "fashion-mnist"),
+    epsilon: float = 3.0,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every part of the benchmark (module docstring); write and return ``bench.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"dataset": dataset, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    base = RunConfig.from_run_config({**FED, "dataset": dataset, "mode": "raw"})
+    report["dp_step"] = step_seconds(base)
+    echo(f"bench: a DP-SGD step costs {report['dp_step']['dp_over_plain']:.2f} plain steps")
+    with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home, LocalSuperLink(flwr_home=Path(home)) as link:
+        bench = Bench(link, out, dataset=dataset, echo=echo)
+        report["fed_vs_central"] = fed_vs_central(bench, epsilon=epsilon)
+        report["rounds"] = rounds(bench)
+        report["scale"] = scale(bench, clients=clients, datasets=datasets)
+    (out / "bench.json").write_text(json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n")
+    write_report(report, out)
+    echo(f"bench: {out / 'bench.md'}, bench.json, bench.png")
+    return report

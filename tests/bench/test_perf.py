@@ -1,0 +1,54 @@
+"""Tests for fedlatent.bench: the centralized references, the DP step ratio, the tables and figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedlatent.bench.central import central_seconds, step_seconds
+from fedlatent.bench.report import markdown, write_report
+from fedlatent.config import RunConfig
+
+SMALL = {"dataset": "digits", "num-clients": 4, "rounds": 2, "local-epochs": 1, "ae-epochs": 2}
+
+
+def test_the_centralized_reference_trains_what_the_federation_trains() -> None:
+    seconds, accuracy = central_seconds(RunConfig.from_run_config({**SMALL, "mode": "raw"}))
+    assert seconds > 0 and accuracy > 0.5  # 2 epochs over all private digits: far above chance
+    seconds, accuracy = central_seconds(RunConfig.from_run_config({**SMALL, "mode": "latent-fedavg", "ae-epochs": 30}))
+    assert seconds > 0 and accuracy > 0.2
+    _, dp_accuracy = central_seconds(RunConfig.from_run_config({**SMALL, "mode": "raw", "epsilon": 8.0}))
+    assert 0.0 <= dp_accuracy <= 1.0
+    with pytest.raises(ValueError, match="public encoder"):
+        central_seconds(RunConfig.from_run_config({**SMALL, "encoder": "local"}))
+
+
+def test_a_dp_step_is_timed_beside_a_plain_one() -> None:
+    step = step_seconds(RunConfig.from_run_config({**SMALL, "mode": "raw"}), steps=5)
+    assert step["dp_step_seconds"] > 0 and step["plain_step_seconds"] > 0
+    assert step["dp_over_plain"] == pytest.approx(step["dp_step_seconds"] / step["plain_step_seconds"])
+
+
+def test_tables_and_figure(tmp_path: Path) -> None:
+    report = {
+        "dataset": "digits",
+        "started": "now",
+        "dp_step": {"dp_over_plain": 2.5, "dp_step_seconds": 0.005, "plain_step_seconds": 0.002},
+        "fed_vs_central": [
+            {"mode": "raw", "epsilon": None, "federated_seconds": 12.0, "central_seconds": 10.0, "ratio": 1.2,
+             "federated_accuracy": 0.9, "central_accuracy": 0.91, "bytes_uploaded_per_client": 2e6},
+        ],
+        "rounds": [{"mode": "raw", "clients": 100, "seconds_per_round": 3.0, "peak_rss_bytes": 2**31,
+                    "bytes_uploaded_per_client": 1e5}],
+        "scale": [
+            {"dataset": d, "clients": n, "round_seconds": n * 0.02, "seconds_per_message": 0.02, "wall_seconds": 9.0,
+             "peak_rss_bytes": 2**30 * n / 100, "bytes_uploaded_per_client": 4e3}
+            for d in ("digits", "fashion-mnist") for n in (10, 100)
+        ],
+    }  # fmt: skip
+    text = markdown(report)
+    assert "**2.50** plain steps" in text and "| raw | ∞ | 12.0 | 10.0 | **1.20** |" in text
+    assert "| fashion-mnist | 100 | 2.0 | 20.0 |" in text and "| raw | 100 | 3.0 | 2.00 |" in text
+    write_report(report, tmp_path)
+    assert (tmp_path / "bench.md").read_text() == text and (tmp_path / "bench.png").stat().st_size > 5000

@@ -52,6 +52,12 @@ def _add_config_options(parser: argparse.ArgumentParser, *, skip: Sequence[str] 
         action="store_true",
         help="run as a local deployment: a SuperLink and one SuperNode process per client (default: simulation)",
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="with --deployment: serve the SuperLink over TLS (a CA made for the run)"
+    )
+    parser.add_argument(
+        "--auth", action="store_true", help="with --tls: only SuperNodes with a registered key may connect"
+    )
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds before a run is stopped")
 
 
@@ -87,8 +93,13 @@ def _echo(verbose: bool) -> Any:
 def _federation(args: argparse.Namespace, num_clients: int) -> Iterator[LocalSuperLink | LocalDeployment]:
     """A simulation's SuperLink, or with ``--deployment`` one with ``num_clients`` SuperNodes."""
     with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home:
+        if (args.tls or args.auth) and not args.deployment:
+            raise ConfigError("--tls and --auth secure the deployment path: add --deployment")
+        if args.auth and not args.tls:
+            raise ConfigError("--auth needs --tls (Flower authenticates SuperNodes over TLS only)")
         if args.deployment:
-            with LocalDeployment(flwr_home=Path(home), num_supernodes=num_clients) as deployment:
+            secure = {"tls": args.tls, "auth": args.auth}
+            with LocalDeployment(flwr_home=Path(home), num_supernodes=num_clients, **secure) as deployment:
                 yield deployment
         else:
             with LocalSuperLink(flwr_home=Path(home)) as link:

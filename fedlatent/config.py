@@ -90,11 +90,11 @@ class RunConfig:
     local_epochs: int = _key(5, _at_least(1), "client epochs per round")
     batch_size: int = _key(32, _at_least(1), "minibatch size")
     lr: float = _key(1e-3, _positive, "Adam learning rate")
-    ae_batch_size: int = _key(32, _at_least(1), "public autoencoder: minibatch size")
+    ae_batch_size: int = _key(0, _at_least(0), "public autoencoder: minibatch size (0 = auto: 128 from 6,400 records)")
     ae_lr: float = _key(1e-3, _positive, "public autoencoder: Adam learning rate")
     server_epochs: int = _key(20, _at_least(1), "latent-share: server epochs on pooled latents")
-    server_batch_size: int = _key(32, _at_least(1), "latent-share: minibatch size of the server's MLP")
-    server_lr: float = _key(1e-3, _positive, "latent-share: Adam learning rate of the server's MLP")
+    server_batch_size: int = _key(0, _at_least(0), "latent-share: server MLP batch (0 = auto: 256 from 12,800)")
+    server_lr: float = _key(0.0, _at_least(0.0), "latent-share: server MLP Adam lr (0 = auto: 2e-3 at batch 256)")
     server_learner: str = _key(
         "auto", _choice(SERVER_LEARNERS), "latent-share: auto (lda under DP, else mlp) | mlp | class-mean | lda"
     )
@@ -186,6 +186,31 @@ class RunConfig:
         if self.server_learner != "auto":
             return self.server_learner
         return "lda" if self.dp else "mlp"
+
+    def public_batch_size(self, records: int) -> int:
+        """The public autoencoder's batch: ``ae-batch-size``, or auto (0) by the public split's size.
+
+        Measured (``experiments/speed_defaults.py``, one thread): on 12,000 Fashion-MNIST public
+        images, 30 epochs at batch 128 match batch 32 (test BCE 0.2868 vs 0.2850, latent probe
+        83.0% vs 83.6%) in a third of the time (2.1 vs 6.6 s per epoch); on 287 digits images
+        batch 128 leaves 3 steps per epoch and loses 14 points. Auto takes 128 from 6,400
+        records (50 steps per epoch), else ``batch-size``.
+        """
+        if self.ae_batch_size:
+            return self.ae_batch_size
+        return 128 if records >= 50 * 128 else self.batch_size
+
+    def server_training(self, records: int) -> tuple[int, float]:
+        """``(batch size, lr)`` of latent-share's server MLP on ``records`` pooled latents (0 = auto).
+
+        Measured on 48,000 Fashion-MNIST latents, 20 epochs: batch 256 at lr 2e-3 reaches
+        85.2% in 5.8 s where batch 32 at 1e-3 reaches 84.9% in 27.6 s. Auto takes 256 (and
+        lr 2e-3) from 12,800 latents (50 steps per epoch), else ``batch-size`` and ``lr``.
+        """
+        large = records >= 50 * 256
+        batch = self.server_batch_size or (256 if large else self.batch_size)
+        lr = self.server_lr or (2e-3 if batch >= 256 else self.lr)
+        return batch, lr
 
     @property
     def release_aware_learner(self) -> bool:

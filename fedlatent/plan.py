@@ -106,18 +106,20 @@ def public_autoencoder(
     """
     ae = build_autoencoder(cfg, plan.dataset)
     x, y = plan.public()
-    settings = ("seed", "latent_dim", "ae_arch", "ae_epochs", "ae_labels", "ae_batch_size", "ae_lr")
+    batch_size = cfg.public_batch_size(len(x))
+    settings = ("seed", "latent_dim", "ae_arch", "ae_epochs", "ae_labels", "ae_lr")
     key = {k: getattr(cfg, k) for k in settings} | {"data": data_digest(x.numpy(), y.numpy()), "version": __version__}
+    key["batch_size"] = batch_size
 
     def train() -> float:
         gen = generator(cfg.seed, 0)
         if cfg.ae_labels > 0:
             return train_hybrid_autoencoder(
                 ae, x, y, num_classes=plan.dataset.num_classes, label_weight=cfg.ae_labels,
-                epochs=cfg.ae_epochs, batch_size=cfg.ae_batch_size, lr=cfg.ae_lr, generator=gen, on_epoch=on_epoch,
+                epochs=cfg.ae_epochs, batch_size=batch_size, lr=cfg.ae_lr, generator=gen, on_epoch=on_epoch,
             )  # fmt: skip
         return train_autoencoder(
-            ae, x, epochs=cfg.ae_epochs, batch_size=cfg.ae_batch_size, lr=cfg.ae_lr, generator=gen, on_epoch=on_epoch
+            ae, x, epochs=cfg.ae_epochs, batch_size=batch_size, lr=cfg.ae_lr, generator=gen, on_epoch=on_epoch
         )
 
     loss, hit = cached_training(cfg.cache_dir, name="public-autoencoder", key=key, module=ae, train=train)

@@ -56,3 +56,14 @@ def test_module_entry_point_exits_2_on_bad_config() -> None:
         [sys.executable, "-m", "fedlatent.cli", "run", "--rounds", "0"], capture_output=True, text=True
     )
     assert done.returncode == 2 and "rounds" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["run", "--tls"], "add --deployment"), (["compare", "--deployment", "--auth"], "--auth needs --tls")],
+)
+def test_tls_and_auth_belong_to_the_deployment(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

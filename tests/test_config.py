@@ -160,3 +160,12 @@ def test_lr_accepted_iff_positive(x):
     else:
         with pytest.raises(ConfigError, match="'lr'"):
             RunConfig.from_run_config({"lr": x})
+
+
+def test_auto_batch_sizes_follow_the_data_size():
+    cfg = RunConfig.from_run_config({})
+    assert cfg.public_batch_size(12_000) == 128 and cfg.public_batch_size(287) == cfg.batch_size == 32
+    assert cfg.server_training(48_000) == (256, 2e-3) and cfg.server_training(1_150) == (32, 1e-3)
+    fixed = RunConfig.from_run_config({"ae-batch-size": 64, "server-batch-size": 512, "server-lr": 0.01})
+    assert fixed.public_batch_size(12_000) == 64 and fixed.server_training(100) == (512, 0.01)
+    assert RunConfig.from_run_config({"server-batch-size": 300}).server_training(100) == (300, 2e-3)

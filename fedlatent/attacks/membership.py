@@ -155,7 +155,8 @@ def shadow_attack(
     share = cfg.mode == "latent-share"  # the server trained the target, with its own settings
     if epochs is None:
         epochs = cfg.server_epochs if share else cfg.rounds * cfg.local_epochs
-    batch_size, lr = (cfg.server_batch_size, cfg.server_lr) if share else (cfg.batch_size, cfg.lr)
+    pooled = sum(len(labels) for _, labels in view.latents.values())
+    batch_size, lr = cfg.server_training(pooled) if share else (cfg.batch_size, cfg.lr)
     target_in = _model_inputs(view, x)
     aux_in, aux_y = _shadow_data(view, seeding.generator(seed, 0))
     out = np.empty((num_shadows, len(x)))

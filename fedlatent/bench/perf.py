@@ -119,6 +119,22 @@ def scale(bench: Bench, *, clients: Sequence[int], datasets: Sequence[str]) -> l
                     "bytes_uploaded_per_client": res["bytes_uploaded"] / n,
                 }
             )  # fmt: skip
+    return marginal(rows)
+
+
+def marginal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``marginal_seconds_per_message``: the round's growth per extra client since the previous count.
+
+    The first messages of a run pay for starting Ray actors and importing torch, so the mean
+    per message overstates small federations; the slope between two client counts does not.
+    """
+    previous: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        before = previous.get(row["dataset"])
+        if before is not None and row["clients"] > before["clients"]:
+            extra = row["clients"] - before["clients"]
+            row["marginal_seconds_per_message"] = (row["round_seconds"] - before["round_seconds"]) / extra
+        previous[row["dataset"]] = row
     return rows
 
 

@@ -49,9 +49,11 @@ def markdown(report: dict[str, Any]) -> str:
     )  # fmt: skip
     lines += ["", "## latent-share as clients grow (one release round)", ""]
     lines += _table(
-        ["data set", "clients", "round s", "ms / message", "run s", "peak GiB", "kB up / client"],
+        ["data set", "clients", "round s", "ms / message", "marginal ms / message", "run s", "peak GiB",
+         "kB up / client"],
         [
             [r["dataset"], str(r["clients"]), f"{r['round_seconds']:.1f}", f"{r['seconds_per_message'] * 1e3:.1f}",
+             f"{r['marginal_seconds_per_message'] * 1e3:.1f}" if "marginal_seconds_per_message" in r else "-",
              f"{r['wall_seconds']:.1f}", _gib(r["peak_rss_bytes"]), f"{r['bytes_uploaded_per_client'] / 1e3:.1f}"]
             for r in report["scale"]
         ],

@@ -224,6 +224,7 @@ def share_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
     log.info("pooled %d latents from %d clients", len(z_all), senders)
     model = build_classifier(cfg, plan.dataset)
     gen = generator(cfg.seed, 0, 1)
+    batch_size, lr = cfg.server_training(len(z_all))
     if cfg.release_aware_learner:
         learner = fit_server_learner(
             z_all,
@@ -234,8 +235,8 @@ def share_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
             noise_std=release_noise_std(cfg) if cfg.dp else 0.0,
             label_epsilon=cfg.label_epsilon,
             epochs=cfg.server_epochs,
-            batch_size=cfg.server_batch_size,
-            lr=cfg.server_lr,
+            batch_size=batch_size,
+            lr=lr,
             generator=gen,
         )
         model.load_state_dict(learner.state_dict())
@@ -247,9 +248,7 @@ def share_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
         return model
     progress = Progress("server classifier", cfg.server_epochs, log=log.info)
     for epoch in range(1, cfg.server_epochs + 1):
-        loss = train_classifier(
-            model, z_all, y_all, epochs=1, batch_size=cfg.server_batch_size, lr=cfg.server_lr, generator=gen
-        )
+        loss = train_classifier(model, z_all, y_all, epochs=1, batch_size=batch_size, lr=lr, generator=gen)
         progress(epoch, loss=loss)
         row: dict[str, float | int | str] = {"round": epoch, "train_loss": loss}
         if encoder is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedlatent.bench.central import central_seconds, step_seconds
+from fedlatent.bench.perf import marginal
 from fedlatent.bench.report import markdown, write_report
 from fedlatent.config import RunConfig
 
@@ -49,6 +50,9 @@ def test_tables_and_figure(tmp_path: Path) -> None:
     }  # fmt: skip
     text = markdown(report)
     assert "**2.50** plain steps" in text and "| raw | ∞ | 12.0 | 10.0 | **1.20** |" in text
-    assert "| fashion-mnist | 100 | 2.0 | 20.0 |" in text and "| raw | 100 | 3.0 | 2.00 |" in text
+    assert "| fashion-mnist | 100 | 2.0 | 20.0 | - |" in text and "| raw | 100 | 3.0 | 2.00 |" in text
+    rows = marginal([dict(r) for r in report["scale"]])
+    assert "marginal_seconds_per_message" not in rows[0]
+    assert rows[1]["marginal_seconds_per_message"] == pytest.approx((2.0 - 0.2) / 90)
     write_report(report, tmp_path)
     assert (tmp_path / "bench.md").read_text() == text and (tmp_path / "bench.png").stat().st_size > 5000

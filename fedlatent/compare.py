@@ -2,6 +2,8 @@
 
 With DP runs (``fedlatent compare --epsilon E``) each mode gets its DP accuracy, the ε its
 clients really spent and whether the guarantee holds end to end, beside the non-private run.
+With the public-only bar (``bench.baselines.public_only``) every accuracy shows its ``lift``
+over it, in points: a federation is worth its privacy cost only by that lift.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ COLUMNS = (
     "dataset",
     "target_epsilon",
     "accuracy",
+    "lift",
     "epsilon",
     "end_to_end_dp",
     "bytes_uploaded",
@@ -72,32 +75,49 @@ def _mb(n: int | None) -> str:
 
 
 def _acc(r: dict[str, Any] | None) -> str:
-    return "-" if r is None else f"{r['accuracy']:.4f}"
+    if r is None:
+        return "-"
+    lift = "" if r.get("lift") is None else f" ({100 * r['lift']:+.1f})"
+    return f"{r['accuracy']:.4f}{lift}"
 
 
-def summarize(results: Sequence[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
-    """Print the table and write ``compare.json``, ``compare.csv`` and ``compare.png``."""
+def summarize(
+    results: Sequence[dict[str, Any]], out: Path, *, baseline: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Print the table and write ``compare.json``, ``compare.csv`` and ``compare.png``.
+
+    ``baseline`` is the public-only bar of the runs' public split (``public_only``): it gets a
+    row of its own and every run its ``lift`` = accuracy − bar.
+    """
     from rich.console import Console
     from rich.table import Table
 
     rows = rows_of(results)
+    bar = None if baseline is None else float(baseline["accuracy"])
+    for r in rows:
+        r["lift"] = None if bar is None else r["accuracy"] - bar
+    written = rows + ([_baseline_row(baseline, rows)] if baseline is not None else [])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "compare.json").write_text(json.dumps(written, indent=2) + "\n")
     with (out / "compare.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, *(("image_classifier", "latent_classifier") if bar else ())])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(written)
 
     grouped = pairs(rows)
     targets = sorted({r["target_epsilon"] for r in rows if r["target_epsilon"] is not None})
     dp_name = f"accuracy ε={','.join(f'{t:g}' for t in targets)}" if targets else None
     table = Table(title=f"fedlatent compare ({rows[0]['dataset']})" if rows else "fedlatent compare")
     attacked = any(r["mia_auc"] is not None or r["inversion_ssim"] is not None for r in rows)
-    names = ["mode", "encoder", "accuracy", *([dp_name, "ε spent"] if dp_name else []), "end-to-end DP"]
+    acc_name = "accuracy (lift)" if bar is not None else "accuracy"
+    names = ["mode", "encoder", acc_name, *([dp_name, "ε spent"] if dp_name else []), "end-to-end DP"]
     if attacked:
         names += ["inversion SSIM (leak)", "MIA AUC"]
     for name in [*names, "MB up", "MB down", "seconds"]:
-        table.add_column(name, justify="left" if name in ("mode", "encoder") else "right")
+        table.add_column(name, justify="left" if name in ("mode", "encoder") else "right", no_wrap="accuracy" in name)
+    if baseline is not None:
+        cells = ["public-only", "-", f"{bar:.4f}", *(["-", "0.000"] if dp_name else []), "true"]
+        table.add_row(*cells, *(["-", "-"] if attacked else []), "0.00", "0.00", f"{baseline['wall_seconds']:.1f}")
     for plain, dp in grouped:
         first = plain or dp
         assert first is not None
@@ -118,13 +138,28 @@ def summarize(results: Sequence[dict[str, Any]], out: Path) -> list[dict[str, An
             f"{sum(r['wall_seconds'] for r in runs):.1f}",
         ]
         table.add_row(*cells)
-    Console(width=max(Console().width, 110)).print(table)
-    _plot(grouped, out / "compare.png", dp_name)
+    Console(width=max(Console().width, 140)).print(table)
+    _plot(grouped, out / "compare.png", dp_name, bar)
     print(f"results: {out}/compare.json, compare.csv, compare.png")
     return rows
 
 
-def _plot(grouped: list[tuple[dict[str, Any] | None, dict[str, Any] | None]], path: Path, dp_name: str | None) -> None:
+def _baseline_row(baseline: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The public-only bar as a row: no client, no private record touched (ε = 0)."""
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(mode="public-only", accuracy=baseline["accuracy"], lift=0.0, epsilon=0.0, end_to_end_dp=True)
+    row.update(dataset=rows[0]["dataset"] if rows else None, bytes_uploaded=0, bytes_downloaded=0)
+    row.update(wall_seconds=baseline["wall_seconds"], image_classifier=baseline["image_classifier"])
+    row["latent_classifier"] = baseline["latent_classifier"]
+    return row
+
+
+def _plot(
+    grouped: list[tuple[dict[str, Any] | None, dict[str, Any] | None]],
+    path: Path,
+    dp_name: str | None,
+    bar: float | None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,6 +175,9 @@ def _plot(grouped: list[tuple[dict[str, Any] | None, dict[str, Any] | None]], pa
     )
     if dp_name:
         ax_acc.bar(pos + width / 2, [b["accuracy"] if b else 0 for _, b in grouped], width, label=dp_name[9:])
+        ax_acc.legend(fontsize=8)
+    if bar is not None:
+        ax_acc.axhline(bar, color="k", linestyle="--", linewidth=1, label="public-only")
         ax_acc.legend(fontsize=8)
     ax_acc.set_ylabel("test accuracy")
     ax_acc.set_ylim(0, 1)

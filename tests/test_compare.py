@@ -59,6 +59,20 @@ def test_summary_pairs_dp_with_non_private_runs(tmp_path: Path, capsys: pytest.C
     assert rows_of([result("raw", 0.5, None, None)])[0]["target_epsilon"] is None
 
 
+def test_every_accuracy_shows_its_lift_over_the_public_only_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = [result("raw", 0.93, None, None), result("raw", 0.71, 3.0, 2.98)]
+    baseline = {"accuracy": 0.80, "image_classifier": 0.80, "latent_classifier": None, "wall_seconds": 2.0}
+    rows = summarize(results, tmp_path, baseline=baseline)
+    assert [round(r["lift"], 6) for r in rows] == [0.13, -0.09]
+    out = capsys.readouterr().out
+    assert "public-only" in out and "0.9300 (+13.0)" in out and "0.7100 (-9.0)" in out
+    written = json.loads((tmp_path / "compare.json").read_text())
+    assert written[-1]["mode"] == "public-only" and written[-1]["accuracy"] == 0.80 and written[-1]["epsilon"] == 0.0
+    assert "public-only" in (tmp_path / "compare.csv").read_text()
+
+
 def test_attack_columns_take_the_worst_case_of_each_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     run.mkdir()

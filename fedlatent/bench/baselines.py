@@ -1,0 +1,54 @@
+"""The public-only bar: what the public split alone gives, with no client at all.
+
+What: ``public_only(cfg)`` trains the run's classifiers on the public split only — the image
+classifier on public images and, with a ``public`` encoder, the latent classifier on public
+latents (the same public autoencoder as the federation, from the same cache) — for the epochs a
+client's model sees in the federation (``rounds x local-epochs``), and scores them on the test
+split. The bar is the better of the two.
+
+Why: a federation is worth its privacy cost only by what it adds beyond this; every table
+shows it and each mode's ``lift`` = accuracy − bar (ARCHITECTURE.md, "The research question,
+asked fairly"). With 12,000 labelled public Fashion-MNIST images the bar is already ~87%.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from fedlatent.config import RunConfig
+from fedlatent.learning.seeding import generator
+from fedlatent.learning.training import encode, evaluate, train_classifier
+from fedlatent.plan import build_classifier, make_plan, public_autoencoder
+
+
+def public_only(cfg: RunConfig) -> dict[str, Any]:
+    """Test accuracy of the classifiers trained on the public split alone (see module docstring).
+
+    Returns
+    -------
+    dict
+        ``accuracy`` (the bar), ``image_classifier``, ``latent_classifier`` (None without a
+        public encoder), ``public_records``, ``epochs`` and ``wall_seconds``.
+    """
+    start = time.monotonic()
+    plan = make_plan(cfg)
+    x, y = plan.public()
+    xt, yt = plan.test()
+    if len(x) == 0:
+        raise ValueError("public-fraction is 0: there is no public split to train on")
+    epochs = cfg.rounds * cfg.local_epochs  # what a client's model sees in the federation
+    bs, lr = cfg.batch_size, cfg.lr
+    image = build_classifier(dataclasses.replace(cfg, mode="raw"), plan.dataset)
+    train_classifier(image, x, y, epochs=epochs, batch_size=bs, lr=lr, generator=generator(cfg.seed, 7))
+    out: dict[str, Any] = {"image_classifier": evaluate(image, xt, yt)[1], "latent_classifier": None}
+    if cfg.encoder == "public":
+        ae, _, _ = public_autoencoder(cfg, plan)
+        latent = build_classifier(dataclasses.replace(cfg, mode="latent-fedavg"), plan.dataset)
+        z = encode(ae.encoder, x)
+        train_classifier(latent, z, y, epochs=epochs, batch_size=bs, lr=lr, generator=generator(cfg.seed, 8))
+        out["latent_classifier"] = evaluate(latent, encode(ae.encoder, xt), yt)[1]
+    scores = [v for v in (out["image_classifier"], out["latent_classifier"]) if v is not None]
+    out.update(accuracy=max(scores), public_records=len(x), epochs=epochs, wall_seconds=time.monotonic() - start)
+    return out

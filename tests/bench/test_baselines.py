@@ -1,0 +1,21 @@
+"""Tests for fedlatent.bench.baselines: the public-only bar trains on the public split alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedlatent.bench.baselines import public_only
+from fedlatent.config import RunConfig
+
+SMALL = {"dataset": "digits", "num-clients": 4, "rounds": 2, "local-epochs": 5, "ae-epochs": 20}
+
+
+def test_the_bar_is_the_better_public_classifier() -> None:
+    out = public_only(RunConfig.from_run_config(SMALL))
+    assert out["public_records"] == 288 and out["epochs"] == 10
+    assert out["image_classifier"] > 0.5 and out["latent_classifier"] is not None  # 287 labelled digits suffice
+    assert out["accuracy"] == max(out["image_classifier"], out["latent_classifier"])
+    raw_only = public_only(RunConfig.from_run_config({**SMALL, "encoder": "local"}))
+    assert raw_only["latent_classifier"] is None and raw_only["accuracy"] == raw_only["image_classifier"]
+    with pytest.raises(ValueError, match="no public split"):
+        public_only(RunConfig.from_run_config({**SMALL, "public-fraction": 0.0}))

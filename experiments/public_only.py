@@ -1,4 +1,4 @@
-"""Baseline: what the public split alone gives, with no client at all (``fedlatent.bench.baselines``).
+"""Baseline: what the public split alone gives, with no client at all (``fedlatent.baselines``).
 
 A federation is only worth its privacy cost by what it adds beyond this baseline, so results
 should be read against it. ``fedlatent compare`` computes it too; this script runs it alone.
@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fedlatent.bench.baselines import public_only
+from fedlatent.baselines import public_only
 from fedlatent.config import RunConfig
 from fedlatent.jsonable import jsonable
 

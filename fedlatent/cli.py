@@ -180,7 +180,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for cfg in cfgs:
             print(f"\n== attacks on {cfg.mode}{'' if not cfg.dp else f' (epsilon {cfg.epsilon:g})'} ==", flush=True)
             run_attacks(cfg.out_dir, preset=args.attack)
-    from fedlatent.bench.baselines import public_only
+    from fedlatent.baselines import public_only
 
     print("\n== public-only: the same classifiers on the public split alone ==", flush=True)
     baseline = public_only(dataclasses.replace(cfgs[0], epsilon=math.inf))

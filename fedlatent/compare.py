@@ -2,7 +2,7 @@
 
 With DP runs (``fedlatent compare --epsilon E``) each mode gets its DP accuracy, the ε its
 clients really spent and whether the guarantee holds end to end, beside the non-private run.
-With the public-only bar (``bench.baselines.public_only``) every accuracy shows its ``lift``
+With the public-only bar (``baselines.public_only``) every accuracy shows its ``lift``
 over it, in points: a federation is worth its privacy cost only by that lift.
 """
 

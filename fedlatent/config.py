@@ -20,7 +20,7 @@ from fedlatent.data.partition import PARTITIONS
 from fedlatent.privacy.accounting import ACCOUNTANTS
 from fedlatent.privacy.learners import LEARNERS
 
-MODES = ("raw", "latent-fedavg", "latent-share")
+MODES = ("raw", "latent-fedavg", "latent-share", "public-only")
 ENCODERS = ("public", "federated", "local")
 AE_ARCHS = ("mlp", "conv")
 CLASSIFIER_ARCHS = ("mlp", "cnn")
@@ -71,7 +71,7 @@ class RunConfig:
     data_dir: str = _key("", None, "IDX directory ('' = default location)")
     download: bool = _key(False, None, "allow torchvision to download the data set")
     max_train: int = _key(0, _at_least(0), "cap on training records (0 = all)")
-    mode: str = _key("latent-fedavg", _choice(MODES), "raw | latent-fedavg | latent-share")
+    mode: str = _key("latent-fedavg", _choice(MODES), "raw | latent-fedavg | latent-share | public-only")
     encoder: str = _key("public", _choice(ENCODERS), "public | federated | local")
     num_clients: int = _key(0, _at_least(0), "number of clients (0 = every SuperNode of the federation)")
     rounds: int = _key(10, _at_least(1), "federated rounds of the classifier")
@@ -158,6 +158,11 @@ class RunConfig:
                 )
         if self.ae_labels > 0 and self.encoder != "public":
             raise ConfigError("config key 'ae-labels' applies to the public encoder only (public labels are free)")
+        if self.mode == "public-only" and (self.dp or self.encoder_dp or self.client_dp_noise > 0):
+            raise ConfigError(
+                "mode 'public-only' trains on the public split alone: no private record is touched, so "
+                "'epsilon', 'encoder-epsilon' and 'client-dp-noise' do not apply (its epsilon is 0)"
+            )
         if self.client_dp_noise > 0 and self.mode == "latent-share":
             raise ConfigError("config key 'client-dp-noise' applies to weight updates (raw, latent-fedavg) only")
 
@@ -224,7 +229,7 @@ class RunConfig:
     @property
     def is_latent(self) -> bool:
         """True for the modes that train on latents rather than raw images."""
-        return self.mode != "raw"
+        return self.mode in ("latent-fedavg", "latent-share")
 
 
 def _cast(key: str, raw: Any, kind: type) -> Any:

@@ -133,7 +133,7 @@ def build_classifier(cfg: RunConfig, ds: Dataset) -> nn.Module:
     ``ClippedClassifier`` that clips its input as the release did (``share_clip``).
     """
     with seeded_init(cfg.seed + 1):
-        if cfg.mode == "raw":
+        if not cfg.is_latent:  # raw, and public-only's exported model
             return ImageClassifier(image_shape=ds.image_shape, num_classes=ds.num_classes, arch=cfg.classifier_arch)
         latent = LatentClassifier(latent_dim=cfg.latent_dim, num_classes=ds.num_classes)
         if not cfg.release_aware_learner:

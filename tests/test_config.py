@@ -169,3 +169,11 @@ def test_auto_batch_sizes_follow_the_data_size():
     fixed = RunConfig.from_run_config({"ae-batch-size": 64, "server-batch-size": 512, "server-lr": 0.01})
     assert fixed.public_batch_size(12_000) == 64 and fixed.server_training(100) == (512, 0.01)
     assert RunConfig.from_run_config({"server-batch-size": 300}).server_training(100) == (300, 2e-3)
+
+
+def test_public_only_refuses_privacy_settings_it_cannot_use():
+    cfg = RunConfig.from_run_config({"mode": "public-only"})
+    assert not cfg.is_latent and not cfg.release_aware_learner
+    for key, value in (("epsilon", 3.0), ("client-dp-noise", 1.0)):
+        with pytest.raises(ConfigError, match="public-only"):
+            RunConfig.from_run_config({"mode": "public-only", key: value})

@@ -118,7 +118,7 @@ def model_inversion(
     for p in model.parameters():
         p.requires_grad_(False)  # only the input is optimized
     settings: dict[str, Any] = {"steps": steps, "lr": lr, "seed": seed}
-    if view.cfg.mode == "raw":
+    if not view.cfg.is_latent:
         images = _invert_images(model, view, steps=steps, lr=lr, tv=tv, l2=l2)
         settings.update(method="image", tv=tv, l2=l2)
     else:

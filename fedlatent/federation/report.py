@@ -52,6 +52,7 @@ class RunRecord:
     client_accuracy: dict[int, float] | None = None
     privacy: PrivacyLog = field(default_factory=PrivacyLog)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase, as it ran
+    public_only: dict[str, Any] | None = None  # mode public-only: both classifiers' accuracies
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -81,6 +82,7 @@ class RunRecord:
             "bytes_downloaded": bytes_down,
             "wall_seconds": seconds,
             "phase_seconds": dict(self.seconds),
+            "public_only": self.public_only,
             "history": self.history,
             "seed": cfg.seed,
             "records": {
@@ -106,6 +108,19 @@ class RunRecord:
 def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
     """The privacy fields of ``results.json``, with what they do and do not cover."""
     labels_in_clear = cfg.mode == "latent-share" and cfg.label_epsilon == float("inf")
+    if cfg.mode == "public-only":  # exactly zero, not "no DP": no private record was read
+        return {
+            "epsilon": 0.0,
+            "epsilon_per_client": {str(i): 0.0 for i in range(cfg.num_clients)},
+            "delta": 0.0,
+            "accountant": None,
+            "noise_multiplier": None,
+            "end_to_end_dp": True,
+            "labels_in_clear": False,
+            "refusals": [],
+            "privacy_note": "public-only: trained on the public split alone; no client sent anything and no "
+            "private record was read, so every client's epsilon is 0 (delta 0).",
+        }
     if not cfg.dp:
         return {
             "epsilon": None,

@@ -154,3 +154,19 @@ def test_num_clients_zero_uses_every_supernode(link: LocalSuperLink, tmp_path: P
     res = _results(tmp_path)
     assert res["num_clients"] == 3 and len(res["records"]["per_client"]) == 3
     assert len(list((tmp_path / "private_index").glob("client_*.npy"))) == 3
+
+
+def test_public_only_is_a_run_that_asks_no_client(link: LocalSuperLink, tmp_path: Path) -> None:
+    from fedlatent.baselines import public_only
+
+    cfg = {**FAST, "mode": "public-only", "encoder": "public", "out-dir": str(tmp_path)}
+    link.run(app_dir(), run_config=cfg, num_supernodes=FAST["num-clients"], timeout=600)
+    res = _results(tmp_path)
+    assert res["bytes_uploaded"] == 0 and res["bytes_downloaded"] == 0  # no message to any client
+    assert res["epsilon"] == 0.0 and res["end_to_end_dp"] is True and set(res["epsilon_per_client"]) == {"0", "1"}
+    bar = res["public_only"]
+    assert res["accuracy"] == max(bar["image_classifier"], bar["latent_classifier"]) > 0.5
+    local = public_only(RunConfig.from_run_config({k: v for k, v in cfg.items() if k != "out-dir"}))
+    assert local["image_classifier"] == pytest.approx(bar["image_classifier"], abs=0.02)  # same bar in-process
+    view = load_server_view(tmp_path / "server_view")
+    assert "final_model.npz" in view and not any(k.startswith(("received/", "latents/")) for k in view)

@@ -124,3 +124,13 @@ def test_accuracy_png(finished):
     png = out / "accuracy.png"
     assert png.is_file() and png.stat().st_size > 1000
     assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_public_only_reports_epsilon_zero_not_null():
+    from fedlatent.config import RunConfig
+    from fedlatent.federation.report import privacy_summary
+    from fedlatent.federation.strategy import PrivacyLog
+
+    summary = privacy_summary(RunConfig.from_run_config({"mode": "public-only", "num-clients": 3}), PrivacyLog())
+    assert summary["epsilon"] == 0.0 and summary["epsilon_per_client"] == {"0": 0.0, "1": 0.0, "2": 0.0}
+    assert summary["end_to_end_dp"] is True and "no private record" in summary["privacy_note"]

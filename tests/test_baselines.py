@@ -1,10 +1,10 @@
-"""Tests for fedlatent.bench.baselines: the public-only bar trains on the public split alone."""
+"""Tests for fedlatent.baselines: the public-only bar trains on the public split alone."""
 
 from __future__ import annotations
 
 import pytest
 
-from fedlatent.bench.baselines import public_only
+from fedlatent.baselines import public_only
 from fedlatent.config import RunConfig
 
 SMALL = {"dataset": "digits", "num-clients": 4, "rounds": 2, "local-epochs": 5, "ae-epochs": 20}

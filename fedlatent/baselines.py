@@ -17,6 +17,8 @@ import dataclasses
 import time
 from typing import Any
 
+from torch import nn
+
 from fedlatent.config import RunConfig
 from fedlatent.learning.seeding import generator
 from fedlatent.learning.training import encode, evaluate, train_classifier
@@ -32,6 +34,11 @@ def public_only(cfg: RunConfig) -> dict[str, Any]:
         ``accuracy`` (the bar), ``image_classifier``, ``latent_classifier`` (None without a
         public encoder), ``public_records``, ``epochs`` and ``wall_seconds``.
     """
+    return train_public_only(cfg)[1]
+
+
+def train_public_only(cfg: RunConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """``public_only``'s scores and the trained image classifier (what ``--mode public-only`` exports)."""
     start = time.monotonic()
     plan = make_plan(cfg)
     x, y = plan.public()
@@ -51,4 +58,4 @@ def public_only(cfg: RunConfig) -> dict[str, Any]:
         out["latent_classifier"] = evaluate(latent, encode(ae.encoder, xt), yt)[1]
     scores = [v for v in (out["image_classifier"], out["latent_classifier"]) if v is not None]
     out.update(accuracy=max(scores), public_records=len(x), epochs=epochs, wall_seconds=time.monotonic() - start)
-    return out
+    return image, out

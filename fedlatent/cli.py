@@ -24,6 +24,7 @@ from fedlatent.attacks.presets import FAMILIES, PRESET_NAMES
 from fedlatent.config import ConfigError, RunConfig
 from fedlatent.launch.deployment import LocalDeployment
 from fedlatent.launch.superlink import FederationError, LocalSuperLink
+from fedlatent.learning.progress import show_log
 
 ALIASES = {"num-clients": ["--clients"], "out-dir": ["--out"]}
 CLI_CLIENTS = 10  # clients the CLI starts when --clients is not given
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedlatent`` console script."""
     args = build_parser().parse_args(argv)
+    show_log()  # fedlatent's own progress lines (attacks, benchmarks), as the ServerApp shows its own
     # SIGTERM (e.g. a killed job) must unwind the with-blocks that stop the SuperLink and
     # SuperNodes, or they would outlive the command.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

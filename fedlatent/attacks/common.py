@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedlatent.learning.progress import Progress
 from fedlatent.learning.seeding import seeded
 from fedlatent.learning.training import fit, make_loader
 from fedlatent.privacy.mechanisms import clip_rows
@@ -90,7 +91,8 @@ def train_inverse(
             scale=scale,
         )
     loader = make_loader(latents, images, batch_size=batch_size, generator=generator)
-    fit(net, loader, torch.optim.Adam(net.parameters(), lr=lr), epochs=epochs, loss_fn=_mse)
+    progress = Progress("attack: inverse network", epochs, after=10)
+    fit(net, loader, torch.optim.Adam(net.parameters(), lr=lr), epochs=epochs, loss_fn=_mse, on_epoch=progress)
     return net.eval()
 
 

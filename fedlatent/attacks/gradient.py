@@ -32,6 +32,7 @@ from torch import nn
 from fedlatent.attacks.common import NotApplicable, total_variation, train_inverse
 from fedlatent.attacks.view import AttackerView
 from fedlatent.learning import seeding
+from fedlatent.learning.progress import Progress
 from fedlatent.learning.training import encode
 
 Key = tuple[int, int]  # (round, partition)
@@ -227,6 +228,7 @@ def gradient_inversion(
     settings.update(tv=0.0 if latent else tv, inverse_epochs=inverse_epochs, seed=seed, uploads_attacked=len(uploads))
     settings.update(target="pseudo-gradient start - weights", inputs="latents" if latent else "images")
     out = GradientInversion(settings=settings)
+    progress = Progress("attack: gradient inversion", len(uploads), unit="uploads", after=10)
     for i, up in enumerate(uploads):
         assert up.start is not None
         model = view.classifier(up.start)
@@ -245,6 +247,7 @@ def gradient_inversion(
         key = (up.rnd, up.partition)
         out.labels[key] = labels.numpy()
         (out.latents if latent else out.images)[key] = x.numpy()
+        progress(i + 1)
     encoder = view.encoder()
     if latent and out.latents and encoder is not None:
         aux = torch.from_numpy(view.aux_x)

@@ -29,6 +29,7 @@ from fedlatent.attacks.common import NotApplicable, release, train_inverse
 from fedlatent.attacks.view import AttackerView
 from fedlatent.learning import seeding
 from fedlatent.learning.models import Autoencoder, Encoder
+from fedlatent.learning.progress import Progress
 from fedlatent.learning.training import encode, fit, make_loader
 
 
@@ -99,7 +100,8 @@ def shadow_encoder(
     loader = make_loader(
         torch.from_numpy(view.aux_x), torch.from_numpy(view.aux_y), batch_size=batch_size, generator=generator
     )
-    fit(ae, loader, torch.optim.Adam(ae.parameters(), lr=lr), epochs=epochs, loss_fn=loss_fn)
+    progress = Progress("attack: shadow encoder", epochs, after=10)
+    fit(ae, loader, torch.optim.Adam(ae.parameters(), lr=lr), epochs=epochs, loss_fn=loss_fn, on_epoch=progress)
     return ae.encoder.eval()
 
 

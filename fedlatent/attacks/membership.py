@@ -31,6 +31,7 @@ from torch import nn
 from fedlatent.attacks.common import NotApplicable
 from fedlatent.attacks.view import AttackerView
 from fedlatent.learning import seeding
+from fedlatent.learning.progress import Progress
 from fedlatent.learning.training import encode, train_classifier
 from fedlatent.privacy.mechanisms import gaussian_release
 
@@ -160,12 +161,14 @@ def shadow_attack(
     target_in = _model_inputs(view, x)
     aux_in, aux_y = _shadow_data(view, seeding.generator(seed, 0))
     out = np.empty((num_shadows, len(x)))
+    progress = Progress("attack: LiRA shadow models", num_shadows, unit="models", after=10)
     for s in range(num_shadows):
         gen = seeding.generator(seed, 1, s)
         half = torch.randperm(len(aux_in), generator=gen)[: len(aux_in) // 2]
         shadow = _fresh_classifier(view, gen)
         train_classifier(shadow, aux_in[half], aux_y[half], epochs=epochs, batch_size=batch_size, lr=lr, generator=gen)
         out[s] = _log_odds(shadow, target_in, y)
+        progress(s + 1)
     mean = out.mean(axis=0)
     var = out.var(axis=0, ddof=1)
     if num_shadows < PER_CANDIDATE_VARIANCE_MIN:

@@ -33,6 +33,7 @@ from fedlatent.federation.server_view import ServerView
 from fedlatent.federation.strategy import Traffic
 from fedlatent.jsonable import jsonable
 from fedlatent.learning.models import Encoder
+from fedlatent.learning.progress import show_log
 from fedlatent.plan import make_plan
 
 app = ServerApp()
@@ -42,7 +43,7 @@ log = logging.getLogger("fedlatent")
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run every phase and export the run directory."""
-    _log_to_stream()
+    show_log()
     start = time.time()
     cfg = RunConfig.from_run_config(context.run_config)
     nodes = wait_for_nodes(grid, cfg.num_clients)
@@ -86,13 +87,3 @@ def _final_accuracy(run: RunContext, model: torch.nn.Module, encoder: Encoder | 
         record.accuracy = float(np.mean(list(record.client_accuracy.values())))
     else:
         record.accuracy = central_accuracy(model, run.plan, encoder)
-
-
-def _log_to_stream() -> None:
-    """Show fedlatent's progress in the run's log without touching the root logger."""
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("fedlatent: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
 from rich.progress_bar import ProgressBar
@@ -85,3 +87,26 @@ class Progress:
             f"{_clock(elapsed)} < {_clock(eta)}{extra}"
         )
         self.lines += 1
+
+
+def show_log(name: str = "fedlatent") -> None:
+    """Send the ``name`` logger's INFO lines to stderr as ``fedlatent: ...``, without touching the root logger."""
+    log = logging.getLogger(name)
+    if not log.handlers:
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("fedlatent: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler writing to whatever ``sys.stderr`` is now (tests and tools swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass

@@ -42,3 +42,15 @@ def test_a_short_phase_stays_silent():
     progress(1)
     progress(2)
     assert lines == []
+
+
+def test_progress_lines_reach_the_current_stderr(capsys):
+    import logging
+
+    from fedlatent.learning.progress import show_log
+
+    show_log()
+    Progress("attack: inverse network", 1)(1)
+    logging.getLogger("fedlatent").info("plain line")
+    err = capsys.readouterr().err
+    assert "fedlatent: attack: inverse network [" in err and "fedlatent: plain line" in err

@@ -29,8 +29,14 @@ from fedlatent.data.store import Memo, cached_dataset, dataset_key
 from fedlatent.learning.cache import cached_training, data_digest
 from fedlatent.learning.models import Autoencoder, ImageClassifier, LatentClassifier
 from fedlatent.learning.seeding import generator, seeded_init
-from fedlatent.learning.training import OnEpoch, train_autoencoder, train_hybrid_autoencoder
-from fedlatent.privacy.client import DPPlan, plan_round
+from fedlatent.learning.training import (
+    OnEpoch,
+    classification_losses,
+    reconstruction_record_losses,
+    train_autoencoder,
+    train_hybrid_autoencoder,
+)
+from fedlatent.privacy.client import DPPlan, plan_round, train_round
 from fedlatent.privacy.learners import ClippedClassifier
 from fedlatent.privacy.ledger import Ledger
 from fedlatent.privacy.mechanisms import latent_noise_std
@@ -178,6 +184,35 @@ def dp_round_plan(cfg: RunConfig, num_records: int, *, encoder: bool = False) ->
         batch_size=cfg.batch_size,
         epochs=cfg.ae_epochs if encoder else cfg.local_epochs,
         rounds=cfg.encoder_rounds if encoder else cfg.rounds,
+    )
+
+
+def dp_train_round(
+    cfg: RunConfig,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    ledger: Ledger,
+    generator: torch.Generator,
+    encoder: bool = False,
+) -> tuple[dict[str, float], bool]:
+    """One client DP-SGD round of the run (``privacy.client.train_round``) with the config's settings.
+
+    ``encoder``: the federated autoencoder's round (reconstruction of ``x``, its share of ε),
+    else the classifier's (cross-entropy on ``y``). Returns ``(metrics, trained)``.
+    """
+    return train_round(
+        model,
+        x,
+        y,
+        plan=dp_round_plan(cfg, len(x), encoder=encoder),
+        ledger=ledger,
+        record_loss_fn=reconstruction_record_losses if encoder else classification_losses,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        max_grad_norm=cfg.max_grad_norm,
+        generator=generator,
     )
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from fedlatent.learning.progress import Progress
 from fedlatent.learning.seeding import seeded
 from fedlatent.learning.training import fit, make_loader
-from fedlatent.privacy.mechanisms import clip_rows
+from fedlatent.privacy.mechanisms import gaussian_release
 
 
 class NotApplicable(ValueError):
@@ -99,12 +99,10 @@ def train_inverse(
 def release(z: torch.Tensor, *, clip: float, std: float, generator: torch.Generator) -> torch.Tensor:
     """The run's public latent release, differentiable in ``z``: identity when no DP.
 
-    Clients clip and add noise only under DP (``client_dp.release_latents``), i.e. exactly
-    when the noise std is > 0, so the attacker does the same.
+    Clients clip and add noise only under DP (``privacy.client.release_latents``), i.e. exactly
+    when the noise std is > 0, so the attacker does the same, with the clients' own mechanism.
     """
-    if std <= 0:
-        return z
-    return clip_rows(z, max_norm=clip) + std * torch.randn(z.shape, generator=generator, dtype=z.dtype)
+    return gaussian_release(z, clip=clip, std=std, generator=generator) if std > 0 else z
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:

@@ -30,19 +30,12 @@ from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
 from fedlatent.learning.models import Encoder
 from fedlatent.learning.seeding import generator
-from fedlatent.learning.training import (
-    classification_losses,
-    encode,
-    evaluate,
-    reconstruction_record_losses,
-    train_autoencoder,
-    train_classifier,
-)
+from fedlatent.learning.training import encode, evaluate, train_autoencoder, train_classifier
 from fedlatent.plan import (
     DataPlan,
     build_autoencoder,
     build_classifier,
-    dp_round_plan,
+    dp_train_round,
     make_plan,
     new_ledger,
     release_noise_std,
@@ -118,18 +111,7 @@ def _train_private(
 ) -> Message:
     """A DP-SGD round, or a refusal when the round would overspend the client's budget."""
     ledger = _load_ledger(context.state, cfg)
-    metrics, trained = dp.train_round(
-        model,
-        x,
-        y,
-        plan=dp_round_plan(cfg, len(x), encoder=encoder),
-        ledger=ledger,
-        record_loss_fn=reconstruction_record_losses if encoder else classification_losses,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        max_grad_norm=cfg.max_grad_norm,
-        generator=gen,
-    )
+    metrics, trained = dp_train_round(cfg, model, x, y, ledger=ledger, generator=gen, encoder=encoder)
     _save_ledger(context.state, ledger)
     metrics.update({"num-examples": len(x), P.UNIT_WEIGHT: 1, "partition-id": pid})
     return P.reply(msg, metrics=metrics, arrays={P.ARRAYS: P.module_to_arrays(model)} if trained else None)

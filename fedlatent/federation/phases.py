@@ -77,23 +77,20 @@ def broadcast(run: RunContext, message_type: str, content: RecordDict, *, poll: 
     Flower's ``send_and_receive`` does the same silently (and polls every 3 s); with 1,000
     clients a broadcast takes minutes, so the replies are pulled here and counted as they come.
     """
-    with run.record.timed(message_type.removeprefix("query.")):
-        return _send_and_pull(run, message_type, content, poll)
-
-
-def _send_and_pull(run: RunContext, message_type: str, content: RecordDict, poll: float) -> list[Message]:
+    name = message_type.removeprefix("query.")
     messages = (Message(content=content, message_type=message_type, dst_node_id=n) for n in run.nodes)
-    pending = set(run.grid.push_messages(run.traffic.sent(messages)))
-    progress = Progress(message_type.removeprefix("query."), len(pending), unit="replies", log=log.info, after=10)
     replies: list[Message] = []
-    while pending:
-        pulled = list(run.grid.pull_messages(pending))
-        replies += pulled
-        pending -= {m.metadata.reply_to_message_id for m in pulled}
-        if pulled:
-            progress(len(replies))
-        if pending:
-            time.sleep(poll)
+    with run.record.timed(name):
+        pending = set(run.grid.push_messages(run.traffic.sent(messages)))
+        progress = Progress(name, len(pending), unit="replies", after=10)
+        while pending:
+            pulled = list(run.grid.pull_messages(pending))
+            replies += pulled
+            pending -= {m.metadata.reply_to_message_id for m in pulled}
+            if pulled:
+                progress(len(replies))
+            if pending:
+                time.sleep(poll)
     return replies
 
 
@@ -127,7 +124,7 @@ def encoder_phase(run: RunContext) -> Encoder | None:
         log.info("local encoders trained on %d of %d clients", sum(p is not None for p in ok), len(run.nodes))
         return None
     if cfg.encoder == "public":
-        progress = Progress("public autoencoder", cfg.ae_epochs, log=log.info)
+        progress = Progress("public autoencoder", cfg.ae_epochs)
         ae, loss, hit = public_autoencoder(cfg, plan, on_epoch=progress)
         how = "loaded from the cache" if hit else "trained"
         log.info("public autoencoder %s (%d records), loss %.4f", how, len(plan.public_idx), loss)
@@ -246,7 +243,7 @@ def share_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
             entry["accuracy"] = central_accuracy(model, plan, encoder)
         record.history.append(entry)
         return model
-    progress = Progress("server classifier", cfg.server_epochs, log=log.info)
+    progress = Progress("server classifier", cfg.server_epochs)
     for epoch in range(1, cfg.server_epochs + 1):
         loss = train_classifier(model, z_all, y_all, epochs=1, batch_size=batch_size, lr=lr, generator=gen)
         progress(epoch, loss=loss)

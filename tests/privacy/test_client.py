@@ -12,8 +12,7 @@ from fedlatent.config import RunConfig
 from fedlatent.federation.report import privacy_summary
 from fedlatent.federation.strategy import PrivacyLog
 from fedlatent.learning.models import Autoencoder, LatentClassifier
-from fedlatent.learning.training import classification_losses, reconstruction_record_losses
-from fedlatent.plan import dp_round_plan, new_ledger, release_noise_std
+from fedlatent.plan import dp_round_plan, dp_train_round, new_ledger, release_noise_std
 from fedlatent.privacy import client as dp
 from fedlatent.privacy.accounting import compose_epsilon, dp_sgd_epsilon
 from fedlatent.privacy.ledger import Ledger
@@ -31,18 +30,9 @@ def blobs(n: int = 120) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train(model, x, y, cfg, ledger, seed, *, encoder=False):
-    """One client round as the ClientApp runs it: the config's plan, its loss, its settings."""
-    return dp.train_round(
-        model,
-        x,
-        y,
-        plan=dp_round_plan(cfg, len(x), encoder=encoder),
-        ledger=ledger,
-        record_loss_fn=reconstruction_record_losses if encoder else classification_losses,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        max_grad_norm=cfg.max_grad_norm,
-        generator=torch.Generator().manual_seed(seed),
+    """One client round as the ClientApp runs it (``plan.dp_train_round``)."""
+    return dp_train_round(
+        cfg, model, x, y, ledger=ledger, generator=torch.Generator().manual_seed(seed), encoder=encoder
     )
 
 

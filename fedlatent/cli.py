@@ -9,25 +9,21 @@ short aliases ``--clients`` and ``--out``), validated before Flower starts.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import json
 import math
 import signal
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fedlatent.attacks.presets import FAMILIES, PRESET_NAMES
 from fedlatent.config import ConfigError, RunConfig
-from fedlatent.launch.deployment import LocalDeployment
-from fedlatent.launch.superlink import FederationError, LocalSuperLink
+from fedlatent.launch.superlink import FederationError
 from fedlatent.learning.progress import show_log
+from fedlatent.runs import CLI_CLIENTS, federation, run_config, run_one
 
 ALIASES = {"num-clients": ["--clients"], "out-dir": ["--out"]}
-CLI_CLIENTS = 10  # clients the CLI starts when --clients is not given
 COMPARE_MODES = ("raw", "latent-fedavg", "latent-share")
 
 
@@ -70,76 +66,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def app_dir() -> Path:
-    """The Flower app to run: this project's root (the same app ``flwr run .`` runs)."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "pyproject.toml").is_file() or "[tool.flwr.app]" not in (root / "pyproject.toml").read_text():
-        raise SystemExit(
-            f"fedlatent: no Flower app found at {root}; install fedlatent from its source tree (pip install -e .)"
-        )
-    return root
-
-
-def _echo(verbose: bool) -> Any:
-    """Progress printer: every line with --verbose, else rounds and fedlatent's own lines."""
-
-    def echo(line: str) -> None:
-        if verbose or any(tag in line for tag in ("[ROUND", "fedlatent", "ERROR", "Error", "Traceback")):
-            print(line.rstrip(), flush=True)
-
-    return echo
-
-
-@contextlib.contextmanager
-def _federation(args: argparse.Namespace, num_clients: int) -> Iterator[LocalSuperLink | LocalDeployment]:
-    """A simulation's SuperLink, or with ``--deployment`` one with ``num_clients`` SuperNodes."""
-    with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home:
-        if (args.tls or args.auth) and not args.deployment:
-            raise ConfigError("--tls and --auth secure the deployment path: add --deployment")
-        if args.auth and not args.tls:
-            raise ConfigError("--auth needs --tls (Flower authenticates SuperNodes over TLS only)")
-        if args.deployment:
-            secure = {"tls": args.tls, "auth": args.auth}
-            with LocalDeployment(flwr_home=Path(home), num_supernodes=num_clients, **secure) as deployment:
-                yield deployment
-        else:
-            with LocalSuperLink(flwr_home=Path(home)) as link:
-                yield link
-
-
-def run_one(link: LocalSuperLink | LocalDeployment, cfg: RunConfig, *, verbose: bool, timeout: float) -> dict[str, Any]:
-    """Run one federation on ``link`` and return its ``results.json``."""
-    result = link.run(
-        app_dir(),
-        run_config=cfg.to_run_config(),
-        num_supernodes=cfg.num_clients,
-        timeout=timeout,
-        echo=_echo(verbose),
-    )
-    results_path = Path(cfg.out_dir) / "results.json"
-    if not results_path.is_file():
-        raise FederationError(f"run {result.run_id} finished but wrote no {results_path}")
-    return json.loads(results_path.read_text())
-
-
-def run_config(overrides: dict[str, Any], default_out: str) -> RunConfig:
-    """The validated config of a run the CLI starts: ``overrides`` plus the CLI's defaults.
-
-    ``num-clients`` defaults to ``CLI_CLIENTS`` and must be >= 1 (the CLI starts the
-    SuperNodes, so it needs a count); ``out-dir`` defaults to ``default_out``, made absolute.
-    """
-    overrides.setdefault("num-clients", CLI_CLIENTS)
-    if int(overrides["num-clients"]) < 1:  # the CLI starts the SuperNodes, so it needs a count
-        raise ConfigError(f"config key 'num-clients' = {overrides['num-clients']!r}: must be >= 1")
-    overrides.setdefault("out-dir", default_out)
-    overrides["out-dir"] = str(Path(overrides["out-dir"]).expanduser().resolve())
-    return RunConfig.from_run_config(overrides)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """``fedlatent run``: one federation, one run directory."""
     cfg = run_config(_overrides(args), default_out=f"runs/{_stamp()}-run")
-    with _federation(args, cfg.num_clients) as link:
+    with federation(args, cfg.num_clients) as link:
         results = run_one(link, cfg, verbose=args.verbose, timeout=args.timeout)
     print(f"\naccuracy {results['accuracy']:.4f}  ({results['wall_seconds']:.1f} s)  -> {cfg.out_dir}")
     return 0
@@ -170,7 +100,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     parent = Path(base.pop("out-dir", f"runs/{_stamp()}-compare")).expanduser().resolve()
     cfgs = compare_configs(base, args.modes, parent)
     rows = []
-    with _federation(args, cfgs[0].num_clients) as link:
+    with federation(args, cfgs[0].num_clients) as link:
         for i, cfg in enumerate(cfgs):
             eps = "" if not cfg.dp else f", epsilon {cfg.epsilon:g}"
             print(f"\n== [{i + 1}/{len(cfgs)}] {cfg.mode} ({cfg.dataset}, encoder {cfg.encoder}{eps}) ==", flush=True)
@@ -211,6 +141,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``fedlatent sweep FILE --out DIR``: every point of a sweep file, resumably; then the report."""
+    from fedlatent.attacks.run import run_attacks
+    from fedlatent.bench.runner import run_sweep
+    from fedlatent.bench.study import write_report
+    from fedlatent.bench.sweep import SweepSpec
+
+    spec = SweepSpec.load(args.file)
+    out = Path(args.out or f"runs/{_stamp()}-sweep").expanduser().resolve()
+
+    def attack(run_dir: Path, spec: SweepSpec) -> dict[str, Any]:
+        return run_attacks(run_dir, only=spec.families, preset=spec.attacks, progress=lambda _: None)
+
+    with federation(args, 1) as link:
+        done = run_sweep(
+            spec,
+            out,
+            run_point=lambda cfg: run_one(link, cfg, verbose=args.verbose, timeout=args.timeout),
+            attack_point=attack,
+            run_config=run_config,
+        )
+    md, html = write_report(out)
+    print(f"\nsweep: {done['finished']}/{done['points']} points finished ({done['skipped']} from before) "
+          f"in {done['seconds'] / 60:.1f} min -> {md}, {html}")  # fmt: skip
+    if done["failed"]:
+        print(f"fedlatent: {len(done['failed'])} point(s) failed (see {out / 'failed.json'}); rerun to retry")
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``fedlatent report DIR``: the tables, figures and report of a (possibly unfinished) sweep."""
+    from fedlatent.bench.study import write_report
+
+    out = Path(args.dir).expanduser().resolve()
+    if not (out / "sweep.json").is_file():
+        raise ConfigError(f"{out} is not a sweep directory (no sweep.json); run `fedlatent sweep FILE --out DIR`")
+    md, html = write_report(out)
+    print(f"report: {md}, {html}")
+    return 0
+
+
 def _stamp() -> str:
     import time
 
@@ -243,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--preset", choices=PRESET_NAMES, default="full", help="attack effort (quick: smoke test)")
     attack.add_argument("--seed", type=int, default=0, help="seed of the attacks")
     attack.set_defaults(func=cmd_attack)
+    sweep = verbs.add_parser("sweep", help="run a sweep file (a grid of runs + attacks), resumably; write its report")
+    sweep.add_argument("file", help="sweep file (TOML): [sweep], [base] and [grid] tables")
+    sweep.add_argument("--out", default=None, help="sweep directory (rerun with the same one to resume)")
+    sweep.add_argument("--verbose", action="store_true", help="show Flower's full log")
+    sweep.add_argument("--timeout", type=float, default=6 * 3600, help="seconds before one point is stopped")
+    sweep.set_defaults(func=cmd_sweep, deployment=False, tls=False, auth=False)
+    report = verbs.add_parser("report", help="write report.md/.html, tables and figures of a sweep directory")
+    report.add_argument("dir", help="the sweep directory")
+    report.set_defaults(func=cmd_report)
     bench = verbs.add_parser("bench", help="performance benchmark: federated vs central, scale, memory, DP step")
     bench.add_argument("--dataset", default="fashion-mnist", help="data set of the federated-vs-central runs")
     bench.add_argument("--clients", nargs="+", type=int, default=[10, 100, 1000], help="latent-share client counts")

@@ -67,7 +67,7 @@ class Bench:
 
     def federation(self, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
         """Run one federation; return its results.json with the peak memory and launcher wall time."""
-        from fedlatent.cli import app_dir  # the app this package belongs to
+        from fedlatent.runs import app_dir  # the app this package belongs to
 
         run_dir = self.out / "runs" / name
         settings = {"dataset": self.dataset, **overrides, "out-dir": str(run_dir)}

@@ -1,0 +1,124 @@
+"""Run a sweep's points, resumably: one fresh run directory per point, finished ones skipped.
+
+What: ``run_sweep(spec, out, run_point=...)`` writes ``out/sweep.json`` (the spec and its
+points), then for each point not yet finished runs it into ``out/points/<id>/`` — the
+federation (``run_point``, the CLI's ``flwr run`` on a private SuperLink), then the attacks of
+the spec — and writes ``out/points/<id>/point.json`` last, atomically. A point is finished
+exactly when that file exists: an interrupted point (a directory without it) is removed and
+redone from scratch; Ctrl-C stops after writing nothing partial as finished; a point whose
+federation fails is recorded in ``out/failed.json``, the sweep goes on, and the next invocation
+retries it. Every point shares ``out/.cache`` (data and the public autoencoder) unless the
+spec sets ``cache-dir``. Progress goes to the ``fedlatent`` log: points done, elapsed, ETA.
+
+Why the points run in one process with one SuperLink: starting Flower costs seconds per point
+(``cli``'s ``compare`` does the same); the attacks run between points, while the SuperLink idles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedlatent.bench.sweep import Point, SweepSpec, points
+from fedlatent.config import RunConfig
+from fedlatent.jsonable import jsonable
+from fedlatent.learning.progress import bar
+
+RunPoint = Callable[[RunConfig], dict[str, Any]]
+AttackPoint = Callable[[Path, SweepSpec], dict[str, Any]]
+_log = logging.getLogger("fedlatent")
+
+
+def write_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as strict JSON to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def point_dir(out: Path, point: Point) -> Path:
+    """Where a point's run directory lives."""
+    return out / "points" / point.id
+
+
+def is_finished(out: Path, point: Point) -> bool:
+    """True when the point's ``point.json`` (written last) exists."""
+    return (point_dir(out, point) / "point.json").is_file()
+
+
+def point_config(spec: SweepSpec, out: Path, point: Point, *, run_config: Callable[..., RunConfig]) -> RunConfig:
+    """The validated config of one point: its keys, its own run directory, the shared cache."""
+    overrides = dict(point.overrides)
+    overrides.setdefault("cache-dir", str(out / ".cache"))
+    overrides["out-dir"] = str(point_dir(out, point))
+    return run_config(overrides, default_out=str(point_dir(out, point)))
+
+
+def _clock(seconds: float) -> str:
+    s = max(0, int(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: Path,
+    *,
+    run_point: RunPoint,
+    attack_point: AttackPoint | None,
+    run_config: Callable[..., RunConfig],
+) -> dict[str, Any]:
+    """Run every unfinished point of ``spec`` into ``out`` (see module docstring).
+
+    Returns ``{"points": n, "finished": n, "skipped": n, "failed": [ids], "seconds": s}``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    todo = points(spec)
+    write_atomic(
+        out / "sweep.json", {"spec": dataclasses.asdict(spec), "points": [dataclasses.asdict(p) for p in todo]}
+    )
+    skipped = [p for p in todo if is_finished(out, p)]
+    remaining = [p for p in todo if not is_finished(out, p)]
+    _log.info(f"sweep: {len(todo)} points, {len(skipped)} already finished, {len(remaining)} to run -> {out}")
+    failed: dict[str, str] = {}
+    start, durations = time.monotonic(), []
+    for i, point in enumerate(remaining):
+        began = time.monotonic()
+        where = point_dir(out, point)
+        if where.exists():  # an interrupted point: its partial files must not mix with the rerun
+            _log.info(f"sweep: {point.id} was interrupted; removing it and running it again")
+            shutil.rmtree(where)
+        _log.info(f"sweep: [{len(skipped) + i + 1}/{len(todo)}] {point.id}")
+        cfg = point_config(spec, out, point, run_config=run_config)
+        try:
+            results = run_point(cfg)
+            attacks = None
+            if spec.attacks and attack_point is not None and not point.is_public_only:
+                attacks = attack_point(where, spec)
+        except KeyboardInterrupt:
+            _log.info(f"sweep: interrupted during {point.id}; rerun the same command to resume (it is redone)")
+            raise
+        except Exception as err:  # one failed point must not end the sweep; it is retried next time
+            failed[point.id] = f"{type(err).__name__}: {err}"
+            _log.info(f"sweep: point {point.id} FAILED ({failed[point.id]}); going on")
+            continue
+        seconds = time.monotonic() - began
+        durations.append(seconds)
+        record = {"id": point.id, "overrides": point.overrides, "public_only": point.public_only, "seconds": seconds}
+        record |= {"accuracy": results.get("accuracy"), "attacks": spec.attacks or None, "has_attacks": bool(attacks)}
+        write_atomic(where / "point.json", record)
+        done, left = len(skipped) + i + 1, len(remaining) - i - 1
+        eta = sum(durations) / len(durations) * left
+        _log.info(
+            f"sweep {bar(done, len(todo))}  {done}/{len(todo)} points  {_clock(time.monotonic() - start)} < "
+            f"{_clock(eta)}  ({point.id}: accuracy {results.get('accuracy', float('nan')):.4f}, {seconds:.0f} s)"
+        )
+    write_atomic(out / "failed.json", failed)
+    summary = {"points": len(todo), "finished": len(todo) - len(failed), "skipped": len(skipped)}
+    return summary | {"failed": sorted(failed), "seconds": time.monotonic() - start}

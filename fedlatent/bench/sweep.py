@@ -1,0 +1,169 @@
+"""A sweep file (TOML) and the points it declares: a grid over run keys, plus the public-only bars.
+
+What: a sweep file has three tables::
+
+    [sweep]                       # how the points run
+    attacks = "quick"             # attack preset run on every federated point ("" = none)
+    families = ["latent-inversion", "membership"]   # optional: which families (default: all)
+
+    [base]                        # run keys shared by every point (any key of RunConfig)
+    dataset = "digits"
+
+    [grid]                        # run keys crossed with each other: every key a list
+    mode = ["raw", "latent-share"]
+    epsilon = [inf, 3.0]
+    seed = [0, 1]
+
+``points(spec)`` crosses the grid over the base and validates every point with
+``RunConfig.from_run_config`` before anything runs. For every group of points that share a
+public split (``public_group``: the keys the public-only classifiers depend on) it adds one
+``public-only`` point, so every table has its bar; a ``public-only`` value on the grid's mode
+axis is that same point, not a second one.
+
+Why ids from content: a point's id is a readable slug of its grid values plus a hash of all its
+keys, so editing the grid never renames a finished point and a resumed sweep finds its work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from fedlatent.attacks.presets import FAMILIES, PRESET_NAMES
+from fedlatent.config import ConfigError, RunConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+TABLES = ("sweep", "base", "grid")
+SWEEP_KEYS = ("attacks", "families", "description")
+# Keys a public-only run does not read (it asks no client): points that differ only in these
+# share one public-only bar. The encoder is not among them: the bar always takes the better of
+# the image classifier and the public-encoder latent classifier (``baselines``).
+PRIVATE_KEYS = frozenset(
+    "mode encoder epsilon delta partition alpha num-clients fraction-train max-grad-norm accountant latent-clip "
+    "label-epsilon encoder-epsilon encoder-rounds client-dp-noise client-dp-clip server-epochs server-batch-size "
+    "server-lr server-learner client-threads out-dir cache-dir".split()
+)
+# Short names of common keys in point ids ("" = the value alone says it, e.g. a mode).
+_SHORT = {"mode": "", "dataset": "", "partition": "", "encoder": "", "epsilon": "eps", "seed": "s", "alpha": "a"}
+_SHORT |= {"public-fraction": "pf", "public-labels": "pl", "num-clients": "n"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One run of a sweep: its id, the run keys it sets, and the id of its public-only bar."""
+
+    id: str
+    overrides: dict[str, Any]
+    public_only: str  # id of the point holding this point's bar (itself for a public-only point)
+
+    @property
+    def is_public_only(self) -> bool:
+        """True for the bar of a group."""
+        return self.overrides.get("mode") == "public-only"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+    """A parsed sweep file (see module docstring)."""
+
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    attacks: str = ""
+    families: tuple[str, ...] = FAMILIES
+    description: str = ""
+    source: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> SweepSpec:
+        """Read and check a sweep file; a ``ConfigError`` names what is wrong."""
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"sweep file {path}: {err}") from err
+        return cls.from_mapping(raw, source=str(path))
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any], *, source: str = "") -> SweepSpec:
+        """Check the tables of a parsed sweep file and build the spec."""
+        unknown = sorted(set(raw) - set(TABLES))
+        if unknown:
+            raise ConfigError(f"sweep file: unknown table(s) {', '.join(unknown)}; known: {', '.join(TABLES)}")
+        sweep, base, grid = (dict(raw.get(t, {})) for t in TABLES)
+        if bad := sorted(set(sweep) - set(SWEEP_KEYS)):
+            raise ConfigError(f"sweep file [sweep]: unknown key(s) {', '.join(bad)}; known: {', '.join(SWEEP_KEYS)}")
+        known = set(RunConfig.keys())
+        for table, keys in (("base", base), ("grid", grid)):
+            if bad := sorted(set(keys) - known):
+                raise ConfigError(f"sweep file [{table}]: unknown run key(s) {', '.join(bad)}")
+        if "out-dir" in base or "out-dir" in grid:
+            raise ConfigError("sweep file: 'out-dir' is set by the sweep (one directory per point)")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"sweep file [grid]: '{key}' must be a non-empty list of values")
+        if both := sorted(set(base) & set(grid)):
+            raise ConfigError(f"sweep file: key(s) {', '.join(both)} are in both [base] and [grid]")
+        attacks = str(sweep.get("attacks", ""))
+        if attacks and attacks not in PRESET_NAMES:
+            raise ConfigError(f"sweep file [sweep]: attacks = {attacks!r}; choose from {', '.join(PRESET_NAMES)}")
+        families = tuple(sweep.get("families", FAMILIES))
+        if bad := sorted(set(families) - set(FAMILIES)):
+            raise ConfigError(f"sweep file [sweep]: unknown attack famil(ies) {', '.join(bad)}")
+        desc = str(sweep.get("description", ""))
+        return cls(base=base, grid=grid, attacks=attacks, families=families, description=desc, source=source)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:g}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def point_id(overrides: dict[str, Any], shown: list[str]) -> str:
+    """A readable, stable id: the ``shown`` keys' values, then a hash of every key."""
+    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=_text).encode()).hexdigest()[:8]
+    slug = "_".join(f"{_SHORT.get(k, k + '-')}{_text(overrides[k])}" for k in shown if k in overrides)
+    return f"{slug}_{digest}" if slug else digest
+
+
+def public_group(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The public-only point of a point: its keys without those a public-only run ignores."""
+    kept = {k: v for k, v in overrides.items() if k not in PRIVATE_KEYS}
+    return {**kept, "mode": "public-only"}
+
+
+def points(spec: SweepSpec) -> list[Point]:
+    """Every point of the sweep, public-only bars first, each validated (see module docstring)."""
+    keys = list(spec.grid)
+    federated: list[dict[str, Any]] = []
+    for values in itertools.product(*(spec.grid[k] for k in keys)):
+        overrides = {**spec.base, **dict(zip(keys, values, strict=True))}
+        if overrides.get("mode") != "public-only":
+            federated.append(overrides)
+    groups = {json.dumps(public_group(o), sort_keys=True, default=_text): public_group(o) for o in federated}
+    if not federated:  # a grid of public-only points only
+        groups = {"": public_group(spec.base)}
+    shown = [k for k in keys if len(spec.grid[k]) > 1]
+    bars = {g: point_id(o, shown) for g, o in groups.items()}
+    out = [Point(bars[g], o, bars[g]) for g, o in groups.items()]
+    for o in federated:
+        bar = bars[json.dumps(public_group(o), sort_keys=True, default=_text)]
+        out.append(Point(point_id(o, shown), o, bar))
+    for p in out:
+        try:
+            RunConfig.from_run_config({**p.overrides, "num-clients": p.overrides.get("num-clients", 1)})
+        except ConfigError as err:
+            raise ConfigError(f"sweep point {p.id}: {err}") from err
+    if len({p.id for p in out}) != len(out):
+        raise ConfigError("sweep file: the grid repeats a point (a value listed twice?)")
+    return out

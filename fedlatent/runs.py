@@ -1,0 +1,88 @@
+"""Run one federation from a RunConfig: on a private simulation SuperLink or a local deployment.
+
+The plumbing every verb of the ``fedlatent`` command shares (``run``, ``compare``, ``sweep``):
+the Flower app to run, the federation to run it on (``federation``), one run and its
+``results.json`` (``run_one``), and the config a CLI-started run gets (``run_config``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fedlatent.config import ConfigError, RunConfig
+from fedlatent.launch.deployment import LocalDeployment
+from fedlatent.launch.superlink import FederationError, LocalSuperLink
+
+CLI_CLIENTS = 10  # clients the CLI starts when --clients is not given
+
+
+def app_dir() -> Path:
+    """The Flower app to run: this project's root (the same app ``flwr run .`` runs)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").is_file() or "[tool.flwr.app]" not in (root / "pyproject.toml").read_text():
+        raise SystemExit(
+            f"fedlatent: no Flower app found at {root}; install fedlatent from its source tree (pip install -e .)"
+        )
+    return root
+
+
+def echo_lines(verbose: bool) -> Any:
+    """Progress printer: every line with --verbose, else rounds and fedlatent's own lines."""
+
+    def echo(line: str) -> None:
+        if verbose or any(tag in line for tag in ("[ROUND", "fedlatent", "ERROR", "Error", "Traceback")):
+            print(line.rstrip(), flush=True)
+
+    return echo
+
+
+@contextlib.contextmanager
+def federation(args: argparse.Namespace, num_clients: int) -> Iterator[LocalSuperLink | LocalDeployment]:
+    """A simulation's SuperLink, or with ``--deployment`` one with ``num_clients`` SuperNodes."""
+    with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home:
+        if (args.tls or args.auth) and not args.deployment:
+            raise ConfigError("--tls and --auth secure the deployment path: add --deployment")
+        if args.auth and not args.tls:
+            raise ConfigError("--auth needs --tls (Flower authenticates SuperNodes over TLS only)")
+        if args.deployment:
+            secure = {"tls": args.tls, "auth": args.auth}
+            with LocalDeployment(flwr_home=Path(home), num_supernodes=num_clients, **secure) as deployment:
+                yield deployment
+        else:
+            with LocalSuperLink(flwr_home=Path(home)) as link:
+                yield link
+
+
+def run_one(link: LocalSuperLink | LocalDeployment, cfg: RunConfig, *, verbose: bool, timeout: float) -> dict[str, Any]:
+    """Run one federation on ``link`` and return its ``results.json``."""
+    result = link.run(
+        app_dir(),
+        run_config=cfg.to_run_config(),
+        num_supernodes=cfg.num_clients,
+        timeout=timeout,
+        echo=echo_lines(verbose),
+    )
+    results_path = Path(cfg.out_dir) / "results.json"
+    if not results_path.is_file():
+        raise FederationError(f"run {result.run_id} finished but wrote no {results_path}")
+    return json.loads(results_path.read_text())
+
+
+def run_config(overrides: dict[str, Any], default_out: str) -> RunConfig:
+    """The validated config of a run the CLI starts: ``overrides`` plus the CLI's defaults.
+
+    ``num-clients`` defaults to ``CLI_CLIENTS`` and must be >= 1 (the CLI starts the
+    SuperNodes, so it needs a count); ``out-dir`` defaults to ``default_out``, made absolute.
+    """
+    overrides.setdefault("num-clients", CLI_CLIENTS)
+    if int(overrides["num-clients"]) < 1:  # the CLI starts the SuperNodes, so it needs a count
+        raise ConfigError(f"config key 'num-clients' = {overrides['num-clients']!r}: must be >= 1")
+    overrides.setdefault("out-dir", default_out)
+    overrides["out-dir"] = str(Path(overrides["out-dir"]).expanduser().resolve())
+    return RunConfig.from_run_config(overrides)

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from fedlatent.attacks.run import run_attacks
-from fedlatent.cli import run_config, run_one
 from fedlatent.compare import attack_columns
 from fedlatent.jsonable import jsonable
 from fedlatent.launch.superlink import LocalSuperLink
+from fedlatent.runs import run_config, run_one
 
 
 def main() -> None:

@@ -4,7 +4,9 @@ What: ``public_only(cfg)`` trains the run's classifiers on the public split only
 classifier on public images and, with a ``public`` encoder, the latent classifier on public
 latents (the same public autoencoder as the federation, from the same cache) — for the epochs a
 client's model sees in the federation (``rounds x local-epochs``), and scores them on the test
-split. The bar is the better of the two.
+split. The bar is the better of the two. With ``public-labels`` false the public split is images only:
+no classifier can be trained on it, and the bar is chance, ``1 / classes`` (the expected
+accuracy of a label-free guess), with the untrained classifier exported.
 
 Why: a federation is worth its privacy cost only by what it adds beyond this; every table
 shows it and each mode's ``lift`` = accuracy − bar (ARCHITECTURE.md, "The research question,
@@ -48,6 +50,10 @@ def train_public_only(cfg: RunConfig) -> tuple[nn.Module, dict[str, Any]]:
     epochs = cfg.rounds * cfg.local_epochs  # what a client's model sees in the federation
     bs, lr = cfg.batch_size, cfg.lr
     image = build_classifier(dataclasses.replace(cfg, mode="raw"), plan.dataset)
+    if not cfg.public_labels:  # images without labels teach no classifier: the bar is chance
+        chance = 1.0 / plan.dataset.num_classes
+        chance_only = {"image_classifier": None, "latent_classifier": None, "accuracy": chance, "chance": True}
+        return image, chance_only | {"public_records": len(x), "epochs": 0, "wall_seconds": time.monotonic() - start}
     train_classifier(image, x, y, epochs=epochs, batch_size=bs, lr=lr, generator=generator(cfg.seed, 7))
     out: dict[str, Any] = {"image_classifier": evaluate(image, xt, yt)[1], "latent_classifier": None}
     if cfg.encoder == "public":

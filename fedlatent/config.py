@@ -79,6 +79,9 @@ class RunConfig:
     alpha: float = _key(0.5, _positive, "Dirichlet concentration")
     seed: int = _key(0, _at_least(0), "seed of splits, partitions and training")
     public_fraction: float = _key(0.2, _fraction, "share of training data held out as public")
+    public_labels: bool = _key(
+        True, None, "the public split's labels are known (false: images only, ae-labels unused, public-only is chance)"
+    )
     latent_dim: int = _key(32, _at_least(1), "size of the latent vector")
     ae_arch: str = _key("mlp", _choice(AE_ARCHS), "autoencoder: mlp | conv")
     ae_epochs: int = _key(50, _at_least(1), "autoencoder epochs (federated: per round)")
@@ -225,6 +228,15 @@ class RunConfig:
         as the release did (``plan.build_classifier``).
         """
         return self.mode == "latent-share" and (self.learner != "mlp" or self.dp)
+
+    @property
+    def public_label_weight(self) -> float:
+        """The public autoencoder's label-loss weight: ``ae-labels``, or 0 when the public split has no labels.
+
+        With ``public-labels`` false the encoder learns from the images alone whatever ``ae-labels``
+        says, so that one sweep can cross the two (``results.json`` holds both settings).
+        """
+        return self.ae_labels if self.public_labels else 0.0
 
     @property
     def is_latent(self) -> bool:

@@ -113,15 +113,17 @@ def public_autoencoder(
     ae = build_autoencoder(cfg, plan.dataset)
     x, y = plan.public()
     batch_size = cfg.public_batch_size(len(x))
-    settings = ("seed", "latent_dim", "ae_arch", "ae_epochs", "ae_labels", "ae_lr")
-    key = {k: getattr(cfg, k) for k in settings} | {"data": data_digest(x.numpy(), y.numpy()), "version": __version__}
+    settings = ("seed", "latent_dim", "ae_arch", "ae_epochs", "ae_lr")
+    labels = cfg.public_label_weight  # 0 without public labels: the images alone
+    key = {k: getattr(cfg, k) for k in settings} | {"ae_labels": labels, "version": __version__}
+    key["data"] = data_digest(x.numpy(), y.numpy()) if labels > 0 else data_digest(x.numpy())
     key["batch_size"] = batch_size
 
     def train() -> float:
         gen = generator(cfg.seed, 0)
-        if cfg.ae_labels > 0:
+        if labels > 0:
             return train_hybrid_autoencoder(
-                ae, x, y, num_classes=plan.dataset.num_classes, label_weight=cfg.ae_labels,
+                ae, x, y, num_classes=plan.dataset.num_classes, label_weight=labels,
                 epochs=cfg.ae_epochs, batch_size=batch_size, lr=cfg.ae_lr, generator=gen, on_epoch=on_epoch,
             )  # fmt: skip
         return train_autoencoder(

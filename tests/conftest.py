@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedlatent.cli import app_dir
 from fedlatent.launch.superlink import LocalSuperLink
+from fedlatent.runs import app_dir
 
 
 @pytest.fixture(scope="session", autouse=True)

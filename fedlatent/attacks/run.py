@@ -112,6 +112,7 @@ def run_attacks(
         "epsilon": results["epsilon"],
         "end_to_end_dp": results["end_to_end_dp"],
         "preset": preset,
+        "aux_labels": view.aux_labels,
         "seed": seed,
         "fedlatent_version": __version__,
         "attacks": {},

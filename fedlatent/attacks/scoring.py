@@ -35,6 +35,7 @@ class Truth:
 
     client_x: dict[int, np.ndarray]
     client_y: dict[int, np.ndarray]
+    aux_y: np.ndarray | None = None  # the public split's true labels (None: the view's are true)
 
 
 def load_truth(run_dir: str | Path) -> Truth:
@@ -48,7 +49,13 @@ def load_truth(run_dir: str | Path) -> Truth:
         pid = int(path.stem.split("_")[1])
         idx = np.load(path)
         xs[pid], ys[pid] = ds.x_train[idx], ds.y_train[idx]
-    return Truth(client_x=xs, client_y=ys)
+    public = np.load(run_dir / "server_view" / "public_index.npy")
+    return Truth(client_x=xs, client_y=ys, aux_y=ds.y_train[public].copy())
+
+
+def _true_aux(truth: Truth, view: AttackerView) -> np.ndarray:
+    """The aux records' true labels: the scorer's recognizer learns from them, not from pseudo-labels."""
+    return view.aux_y if truth.aux_y is None else truth.aux_y
 
 
 def score_inversion(
@@ -81,7 +88,8 @@ def score_inversion(
 
     with seeding.seeded(seeding.generator(seed, 3)):
         recognizer = ImageClassifier(image_shape=view.image_shape, num_classes=view.num_classes)
-    aux_x, aux_y, gen = torch.from_numpy(view.aux_x), torch.from_numpy(view.aux_y), seeding.generator(seed, 4)
+    aux_x, aux_y = torch.from_numpy(view.aux_x), torch.from_numpy(_true_aux(truth, view))
+    gen = seeding.generator(seed, 4)
     train_classifier(recognizer, aux_x, aux_y, epochs=recognizer_epochs, batch_size=64, lr=1e-3, generator=gen)
     recognizer.eval()
 

@@ -6,12 +6,18 @@ interface enforces the threat model). It holds the public (aux) records, the tes
 server evaluates on, the frozen encoder the server knows (``public``/``federated``), the final
 classifier, every accepted upload and broadcast, and the shared latents.
 
+With ``public-labels`` false the public split reaches the attacker as images only: its
+``aux_y`` are then the final classifier's own predictions on the aux images (pseudo-labels, as
+a real attacker holding the model would make them; ``aux_labels`` says which), never the true
+labels.
+
 The private records an attack is scored against (``Truth``) are not here: only
 ``fedlatent.attacks.scoring`` reads them (a test checks every other attack module).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +62,7 @@ class AttackerView:
     final_state: dict[str, np.ndarray]
     uploads: list[Upload] = field(default_factory=list)
     latents: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    aux_labels: str = "public"  # where aux_y comes from: "public" (known labels) or "pseudo" (the final model)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -107,10 +114,11 @@ def load_attacker_view(run_dir: str | Path) -> AttackerView:
     latents = {
         int(m["pid"]): (raw[rel]["latents"], raw[rel]["labels"]) for rel in raw if (m := _LATENTS.fullmatch(rel))
     }
-    return AttackerView(
+    view = AttackerView(
         cfg=cfg,
         aux_x=ds.x_train[public].copy(),
-        aux_y=ds.y_train[public].copy(),
+        # Without public labels the attacker never sees them: a placeholder until pseudo_labelled.
+        aux_y=ds.y_train[public].copy() if cfg.public_labels else np.zeros(len(public), dtype=ds.y_train.dtype),
         test_x=ds.x_test,
         test_y=ds.y_test,
         num_classes=ds.num_classes,
@@ -119,3 +127,25 @@ def load_attacker_view(run_dir: str | Path) -> AttackerView:
         uploads=uploads,
         latents=latents,
     )
+    return view if cfg.public_labels else pseudo_labelled(view)
+
+
+def pseudo_labelled(view: AttackerView) -> AttackerView:
+    """The view with ``aux_y`` replaced by the final classifier's predictions on the aux images.
+
+    The classifier reads images in ``raw`` (and ``public-only``), latents of the server's encoder
+    otherwise; with no encoder at the server (``local``) the aux images cannot be labelled by it
+    and every aux label is the most frequent label the server received (or 0).
+    """
+    inputs: torch.Tensor | None = torch.from_numpy(view.aux_x)
+    if view.cfg.is_latent:
+        enc = view.encoder()
+        inputs = None if enc is None else enc(inputs).detach()
+    if inputs is None:
+        shared = [y for _, y in view.latents.values()]
+        counts = np.bincount(np.concatenate(shared).astype(np.int64), minlength=1) if shared else np.zeros(1)
+        guess = np.full(len(view.aux_x), int(counts.argmax()), dtype=view.aux_y.dtype)
+    else:
+        with torch.no_grad():
+            guess = view.classifier()(inputs).argmax(1).numpy().astype(view.aux_y.dtype)
+    return dataclasses.replace(view, aux_y=guess, aux_labels="pseudo")

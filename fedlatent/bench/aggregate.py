@@ -71,12 +71,18 @@ def point_rows(out: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"point": pid, "public_only_point": p["public_only"]}
         row["target_epsilon"] = _number(results["config"].get("epsilon"))
         row |= flatten(results)
-        row |= flatten(attacks or {}, "attacks.")
+        row |= flatten(_attack_fields(attacks or {}), "attacks.")
         row |= attack_columns(base_dir(out, pid) / "attacks.json")
         row["bar"] = None if bar is None else bar[1]["accuracy"]
         row["lift"] = None if bar is None else results["accuracy"] - bar[1]["accuracy"]
         rows.append(row)
     return rows
+
+
+def _attack_fields(attacks: dict[str, Any]) -> dict[str, Any]:
+    """``attacks.json`` less what repeats ``results.json``: its families and its own settings."""
+    repeated = ("attacks", "mode", "encoder", "accuracy", "epsilon", "end_to_end_dp")
+    return {k: v for k, v in attacks.items() if k not in repeated} | attacks.get("attacks", {})
 
 
 def base_dir(out: Path, pid: str) -> Path:

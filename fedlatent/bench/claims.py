@@ -6,7 +6,7 @@ public-only bar (worth its privacy cost only with a lift beyond the seeds' sprea
 Claim 2, "latents make reconstructing the images harder": the best inversion's SSIM beyond its
 trivial baselines (``inversion_leakage_ssim``) of each latent mode against ``raw``.
 
-The verdicts are mechanical (thresholds above) so that a report never words a result more
+The verdicts are mechanical (thresholds above; a leakage below 0 counts as 0) so that a report never words a result more
 kindly than its numbers; where a comparison lacks a side, the sentence says so.
 """
 
@@ -35,9 +35,14 @@ def _where(key: tuple[Any, ...]) -> str:
     return f"{dataset}, {partition}, public-fraction {fraction} ({labelled}), encoder {encoder}, {eps_text}"
 
 
-def _significant(s: dict[str, Any]) -> bool:
+def _lift_note(s: dict[str, Any]) -> str:
+    """Whether a lift is worth a privacy cost: beyond twice the seeds' std (and half a point)."""
     mean, std = s.get("lift_mean"), s.get("lift_std")
-    return mean is not None and mean > max(2 * (std or 0.0), 0.005)
+    if mean is None:
+        return ""
+    if mean > max(2 * (std or 0.0), 0.005):
+        return ""
+    return " (below the bar)" if mean < -max(2 * (std or 0.0), 0.005) else " (not beyond the seeds' spread)"
 
 
 def conclusions(summary: Sequence[dict[str, Any]]) -> list[str]:
@@ -50,32 +55,36 @@ def conclusions(summary: Sequence[dict[str, Any]]) -> list[str]:
     for key, modes in sorted(cells.items(), key=lambda kv: str(kv[0])):
         raw = modes.get("raw")
         latents = [modes[m] for m in LATENT if m in modes and modes[m].get("accuracy_mean") is not None]
-        lifts = ", ".join(
-            f"{m} {mean_std(s, 'lift', scale=100, digits=1)}{'' if _significant(s) else ' (not beyond the seeds)'}"
-            for m, s in modes.items()
-        )
+        lifts = ", ".join(f"{m} {mean_std(s, 'lift', scale=100, digits=1)}{_lift_note(s)}" for m, s in modes.items())
         out.append(f"{_where(key)} — lift over public-only (points): {lifts}.")
         if raw is None or not latents or raw.get("accuracy_mean") is None:
             out.append(f"{_where(key)} — claim 1: no raw/latent pair to compare.")
             continue
         best = max(latents, key=lambda s: s["accuracy_mean"])
         gap = 100 * (best["accuracy_mean"] - raw["accuracy_mean"])
-        verdict = "holds" if gap >= -KEPT_POINTS else "refuted"
+        verdict = "holds" if gap >= -KEPT_POINTS - 1e-9 else "refuted"  # 1e-9: float noise of a mean
         out.append(
             f"{_where(key)} — claim 1 {verdict}: best latent mode {best['mode']} {mean_std(best, 'accuracy')} vs raw "
             f"{mean_std(raw, 'accuracy')} ({gap:+.1f} points)."
         )
+        # An attack below its free baselines is a weak attack, not privacy: the attacker could
+        # have output the baseline, so leakage counts from 0.
         raw_leak = raw.get("inversion_leakage_ssim_mean")
-        leaks = [(s["mode"], s.get("inversion_leakage_ssim_mean"), s) for s in latents]
-        if raw_leak is None or all(v is None for _, v, _ in leaks):
+        leaks = [(s, s.get("inversion_leakage_ssim_mean")) for s in latents]
+        if raw_leak is None or all(v is None for _, v in leaks):
             out.append(f"{_where(key)} — claim 2: no inversion scores on both sides (no attacks run, or n/a).")
             continue
-        for mode, leak, s in leaks:
+        for s, leak in leaks:
             if leak is None:
                 continue
-            verdict = "holds" if leak < raw_leak else "refuted"
+            if max(leak, 0.0) < max(raw_leak, 0.0):
+                verdict = "holds"
+            elif max(leak, raw_leak) <= 0.0:
+                verdict = "undecided (neither side's attack beat its trivial baselines)"
+            else:
+                verdict = "refuted"
             out.append(
-                f"{_where(key)} — claim 2 {verdict} for {mode}: inversion leakage SSIM "
+                f"{_where(key)} — claim 2 {verdict} for {s['mode']}: inversion leakage SSIM "
                 f"{mean_std(s, 'inversion_leakage_ssim', digits=3)} vs raw "
                 f"{mean_std(raw, 'inversion_leakage_ssim', digits=3)} (beyond the trivial baselines)."
             )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlatent.bench.aggregate import _number, mean_std, point_rows, write_tables
+from fedlatent.bench.anchors import anchors_for
 from fedlatent.bench.claims import conclusions
 from fedlatent.bench.figures import MODES, draw_all
 
@@ -72,6 +73,10 @@ HEADER = ["setting", "mode", "target ε", "accuracy", "lift (points)", "ε spent
 HEADER += ["inversion leakage SSIM", "MIA AUC", "seeds"]
 
 
+def _eps_text(eps: float) -> str:
+    return "no DP" if math.isinf(eps) else f"ε={eps:g}"
+
+
 def _eps(s: dict[str, Any]) -> float:
     e = _number(s.get("epsilon"))
     return math.inf if e is None else e
@@ -112,6 +117,11 @@ def blocks(out: Path) -> list[Block]:
     b += [("h2", "Results (mean ± std over seeds)"), ("table", (HEADER, _table_rows(summary, rows)))]
     b.append(("p", "lift = accuracy − the public-only accuracy of the same public split and seed, in points."))
     b += [("h2", "Conclusions on the seed's two claims"), ("list", conclusions(summary))]
+    datasets = sorted({str(r.get("dataset")) for r in rows})
+    if anchors := [a for d in datasets for a in anchors_for(d)]:
+        b.append(("h2", "Published anchors (centralized, not federated; marked × in the figures)"))
+        b.append(("list", [f"{a.dataset}, {a.label}, {_eps_text(a.epsilon)}: {100 * a.accuracy:.1f}% — {a.source}"
+                           for a in anchors]))  # fmt: skip
     b.append(("h2", "Figures"))
     b += [("img", (p, p.stem.replace("-", " "))) for p in figures]
     grids = _grids(out, rows)

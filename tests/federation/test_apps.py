@@ -16,12 +16,12 @@ import pytest
 from conftest import COMBOS, FAST, Runs
 from contract import RESULT_FIELDS
 
-from fedlatent.cli import app_dir
 from fedlatent.config import RunConfig
 from fedlatent.data.loading import FASHION_MNIST_DEBIAN_DIR
 from fedlatent.federation.server_view import load_server_view
 from fedlatent.launch.superlink import FederationError, LocalSuperLink
 from fedlatent.plan import make_plan
+from fedlatent.runs import app_dir
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedlatent.cli import app_dir
 from fedlatent.federation.server_view import load_server_view
 from fedlatent.launch.superlink import LocalSuperLink
+from fedlatent.runs import app_dir
 
 pytestmark = pytest.mark.slow
 

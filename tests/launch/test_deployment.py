@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from fedlatent.cli import app_dir, build_parser
+from fedlatent.cli import build_parser
 from fedlatent.federation.server_view import load_server_view
 from fedlatent.launch.deployment import LocalDeployment
 from fedlatent.launch.superlink import FederationError
+from fedlatent.runs import app_dir
 
 CONFIG = {
     "dataset": "digits",

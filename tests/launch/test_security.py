@@ -17,10 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedlatent.cli import app_dir
 from fedlatent.launch.deployment import LocalDeployment
 from fedlatent.launch.processes import HOST, find_tool, flower_env, free_ports, stop_sessions
 from fedlatent.launch.security import make_node_keys, make_tls, supernode_flags
+from fedlatent.runs import app_dir
 
 
 def test_the_server_certificate_is_signed_by_the_ca_for_loopback(tmp_path: Path) -> None:

@@ -1,0 +1,94 @@
+"""Sweep files: the grid, the public-only bar of every group, stable ids, and clear refusals."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from fedlatent.bench.sweep import SweepSpec, points, public_group
+from fedlatent.config import ConfigError
+
+GRID = {
+    "base": {"dataset": "digits", "rounds": 1},
+    "grid": {"mode": ["raw", "latent-share"], "epsilon": [math.inf, 3.0], "public-fraction": [0.2, 0.01]},
+}
+
+
+def test_the_grid_is_crossed_and_every_public_split_gets_one_bar() -> None:
+    pts = points(SweepSpec.from_mapping(GRID))
+    bars = [p for p in pts if p.is_public_only]
+    feds = [p for p in pts if not p.is_public_only]
+    assert len(feds) == 2 * 2 * 2
+    # The bar depends on the public split, not on the mode or the budget: one per public-fraction.
+    assert sorted(b.overrides["public-fraction"] for b in bars) == [0.01, 0.2]
+    for p in feds:
+        bar = next(b for b in bars if b.id == p.public_only)
+        assert bar.overrides["public-fraction"] == p.overrides["public-fraction"]
+        assert "epsilon" not in bar.overrides and bar.overrides["mode"] == "public-only"
+    assert pts[: len(bars)] == bars  # bars run first
+
+
+def test_point_ids_are_readable_and_stable_when_the_grid_grows() -> None:
+    before = {p.id for p in points(SweepSpec.from_mapping(GRID))}
+    grown = {**GRID, "grid": {**GRID["grid"], "mode": ["raw", "latent-share", "latent-fedavg"]}}
+    after = {p.id for p in points(SweepSpec.from_mapping(grown))}
+    assert before <= after and len(after) == len(before) + 4
+    assert any(i.startswith("latent-share_epsinf_pf0.2_") for i in before)
+
+
+def test_a_public_only_value_on_the_mode_axis_is_the_same_bar() -> None:
+    spec = SweepSpec.from_mapping({"base": {"dataset": "digits"}, "grid": {"mode": ["public-only", "raw"]}})
+    assert [p.overrides["mode"] for p in points(spec)] == ["public-only", "raw"]
+
+
+def test_seeds_make_separate_bars() -> None:
+    spec = SweepSpec.from_mapping({"grid": {"mode": ["raw"], "seed": [0, 1]}})
+    assert len([p for p in points(spec) if p.is_public_only]) == 2
+
+
+def test_public_group_keeps_only_what_the_bar_reads() -> None:
+    group = public_group({"mode": "raw", "epsilon": 3.0, "partition": "dirichlet", "seed": 2, "public-labels": False})
+    assert group == {"mode": "public-only", "seed": 2, "public-labels": False}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"grid": {"modes": ["raw"]}}, "unknown run key"),
+        ({"grid": {"mode": "raw"}}, "non-empty list"),
+        ({"grid": {"mode": []}}, "non-empty list"),
+        ({"base": {"mode": "raw"}, "grid": {"mode": ["raw"]}}, "both"),
+        ({"base": {"out-dir": "x"}}, "out-dir"),
+        ({"sweep": {"attacks": "huge"}}, "attacks"),
+        ({"sweep": {"families": ["mind-reading"]}}, "famil"),
+        ({"sweep": {"budget": 1}}, "unknown key"),
+        ({"grids": {}}, "unknown table"),
+    ],
+)
+def test_a_bad_sweep_file_is_refused_with_what_is_wrong(raw: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SweepSpec.from_mapping(raw)
+
+
+def test_every_point_is_validated_before_anything_runs() -> None:
+    spec = SweepSpec.from_mapping({"grid": {"mode": ["raw"], "alpha": [0.5, -1.0]}})
+    with pytest.raises(ConfigError, match="alpha"):
+        points(spec)
+
+
+def test_a_toml_file_with_inf_loads(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('[sweep]\nattacks = "quick"\n[base]\ndataset = "digits"\n[grid]\nepsilon = [inf, 3.0]\n')
+    spec = SweepSpec.load(path)
+    assert spec.grid["epsilon"][0] == math.inf and spec.attacks == "quick" and spec.source == str(path)
+    path.write_text("[grid\n")
+    with pytest.raises(ConfigError, match="s.toml"):
+        SweepSpec.load(path)
+
+
+@pytest.mark.parametrize("name", ["quick", "claims-fmnist", "frontier-fmnist"])
+def test_the_shipped_sweeps_are_valid(name: str) -> None:
+    path = Path(__file__).parents[2] / "experiments" / f"{name}.toml"
+    assert len(points(SweepSpec.load(path))) > 1

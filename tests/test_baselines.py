@@ -19,3 +19,15 @@ def test_the_bar_is_the_better_public_classifier() -> None:
     assert raw_only["latent_classifier"] is None and raw_only["accuracy"] == raw_only["image_classifier"]
     with pytest.raises(ValueError, match="no public split"):
         public_only(RunConfig.from_run_config({**SMALL, "public-fraction": 0.0}))
+
+
+def test_without_public_labels_the_bar_is_chance_and_nothing_is_trained() -> None:
+    out = public_only(RunConfig.from_run_config({**SMALL, "public-labels": False}))
+    assert out["accuracy"] == 0.1 and out["chance"] is True and out["epochs"] == 0
+    assert out["image_classifier"] is None and out["latent_classifier"] is None
+
+
+def test_without_public_labels_the_encoder_learns_from_images_only() -> None:
+    cfg = RunConfig.from_run_config({**SMALL, "ae-labels": 1.0, "public-labels": False})
+    assert cfg.ae_labels == 1.0 and cfg.public_label_weight == 0.0
+    assert RunConfig.from_run_config({**SMALL, "ae-labels": 1.0}).public_label_weight == 1.0

@@ -8,6 +8,8 @@ into the MLP ``Encoder``'s weights, so whether the latents carry the images is k
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import inspect
 
@@ -19,7 +21,7 @@ from fedlatent.attacks.common import NotApplicable
 from fedlatent.attacks.inversion import latent_inversion
 from fedlatent.attacks.model_inversion import model_inversion
 from fedlatent.attacks.scoring import Truth, score_inversion, score_model_inversion
-from fedlatent.attacks.view import AttackerView
+from fedlatent.attacks.view import AttackerView, pseudo_labelled
 from fedlatent.config import RunConfig
 from fedlatent.data.loading import load_dataset
 from fedlatent.learning.models import MLP_AE_HIDDEN, Encoder, ImageClassifier, LatentClassifier
@@ -217,3 +219,19 @@ def test_attacker_assumes_the_noise_clients_really_added() -> None:
     labels = np.zeros(1, np.int64)
     view = AttackerView(cfg, empty, labels, empty, labels, 10, None, {})
     assert view.latent_noise_std() == release_noise_std(cfg)  # calibrated for epsilon - encoder-epsilon
+
+
+def test_without_public_labels_the_attacker_labels_aux_with_the_final_model() -> None:
+    view, truth = make_view({"epsilon": "inf"})
+    blind = dataclasses.replace(view, cfg=dataclasses.replace(view.cfg, public_labels=False))
+    pseudo = pseudo_labelled(blind)
+    with torch.no_grad():
+        predicted = view.classifier()(encode(view.encoder(), torch.from_numpy(view.aux_x))).argmax(1).numpy()
+    assert pseudo.aux_labels == "pseudo" and view.aux_labels == "public"
+    np.testing.assert_array_equal(pseudo.aux_y, predicted)
+    assert not np.array_equal(pseudo.aux_y, view.aux_y)  # a briefly trained model: not the truth
+    # No encoder at the server: the aux images cannot be fed to the latent model; the best
+    # label-free guess is the most frequent label the server received.
+    no_encoder = pseudo_labelled(dataclasses.replace(blind, encoder_state=None))
+    shared = np.concatenate([lab for _, lab in view.latents.values()])
+    assert set(no_encoder.aux_y) == {np.bincount(shared).argmax()}

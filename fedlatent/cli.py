@@ -25,10 +25,17 @@ from fedlatent.runs import CLI_CLIENTS, federation, run_config, run_one
 
 ALIASES = {"num-clients": ["--clients"], "out-dir": ["--out"]}
 COMPARE_MODES = ("raw", "latent-fedavg", "latent-share")
+COMPARE_EPSILON = 3.0  # compare's DP twin of every mode, unless --epsilon says otherwise
+# compare's default attacks: the families that score reconstructions and membership beside
+# their baselines in seconds on digits (model inversion adds little there and costs the most).
+COMPARE_ATTACKS = ("latent-inversion", "gradient-inversion", "membership")
 
 
-def _add_config_options(parser: argparse.ArgumentParser, *, skip: Sequence[str] = ()) -> None:
-    """One option per run-config key; unset options keep the config default."""
+def _add_config_options(
+    parser: argparse.ArgumentParser, *, skip: Sequence[str] = (), defaults: dict[str, Any] | None = None
+) -> None:
+    """One option per run-config key; unset options keep the config default (or the verb's ``defaults``)."""
+    shown = {"num-clients": CLI_CLIENTS, **(defaults or {})}
     for f in dataclasses.fields(RunConfig):
         key = f.name.replace("_", "-")
         if key in skip:
@@ -41,7 +48,7 @@ def _add_config_options(parser: argparse.ArgumentParser, *, skip: Sequence[str] 
             type=(lambda s: s) if kind is bool else kind,
             default=None,
             metavar=kind.__name__.upper(),
-            help=f"{f.metadata['doc']} (default: {CLI_CLIENTS if key == 'num-clients' else f.default!r})",
+            help=f"{f.metadata['doc']} (default: {shown.get(key, f.default)!r})",
         )
     parser.add_argument("--verbose", action="store_true", help="show Flower's full log")
     parser.add_argument(
@@ -93,10 +100,11 @@ def compare_configs(overrides: dict[str, Any], modes: Sequence[str], parent: Pat
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """``fedlatent compare``: raw vs latent-fedavg vs latent-share (with ``--epsilon``: and their DP runs)."""
+    """``fedlatent compare``: each mode without DP and at ``--epsilon`` (3), quick attacks, the public-only bar."""
     from fedlatent.compare import summarize
 
     base = _overrides(args)
+    base.setdefault("epsilon", COMPARE_EPSILON)  # --epsilon inf: the non-private runs only
     parent = Path(base.pop("out-dir", f"runs/{_stamp()}-compare")).expanduser().resolve()
     cfgs = compare_configs(base, args.modes, parent)
     rows = []
@@ -105,12 +113,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
             eps = "" if not cfg.dp else f", epsilon {cfg.epsilon:g}"
             print(f"\n== [{i + 1}/{len(cfgs)}] {cfg.mode} ({cfg.dataset}, encoder {cfg.encoder}{eps}) ==", flush=True)
             rows.append(run_one(link, cfg, verbose=args.verbose, timeout=args.timeout))
-    if args.attack:  # after the federation is down: attacks need the CPUs, not the SuperLink
+    if args.attack != "none":  # after the federation is down: attacks need the CPUs, not the SuperLink
         from fedlatent.attacks.run import run_attacks
 
+        only = args.only or (COMPARE_ATTACKS if args.attack == "quick" else FAMILIES)
         for cfg in cfgs:
             print(f"\n== attacks on {cfg.mode}{'' if not cfg.dp else f' (epsilon {cfg.epsilon:g})'} ==", flush=True)
-            run_attacks(cfg.out_dir, preset=args.attack)
+            run_attacks(cfg.out_dir, preset=args.attack, only=only)
     from fedlatent.baselines import public_only
 
     print("\n== public-only: the same classifiers on the public split alone ==", flush=True)
@@ -146,9 +155,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fedlatent.attacks.run import run_attacks
     from fedlatent.bench.runner import run_sweep
     from fedlatent.bench.study import write_report
-    from fedlatent.bench.sweep import SweepSpec
+    from fedlatent.bench.sweep import SweepSpec, points
 
     spec = SweepSpec.load(args.file)
+    points(spec)  # every point validated before Flower starts
     out = Path(args.out or f"runs/{_stamp()}-sweep").expanduser().resolve()
 
     def attack(run_dir: Path, spec: SweepSpec) -> dict[str, Any]:
@@ -198,16 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     compare = verbs.add_parser(
         "compare",
-        help="run raw, latent-fedavg and latent-share; print a table (--epsilon E: each also with DP at E)",
+        help="each mode without DP and at eps=3 (--epsilon), quick attacks, the public-only bar; print a table",
     )
-    _add_config_options(compare, skip=("mode",))
+    _add_config_options(compare, skip=("mode",), defaults={"epsilon": COMPARE_EPSILON})
     compare.add_argument("--modes", nargs="+", choices=COMPARE_MODES, default=list(COMPARE_MODES))
     compare.add_argument(
         "--attack",
-        choices=PRESET_NAMES,
-        default=None,
-        help="also run every attack on every run (at this effort) and add their columns",
+        choices=(*PRESET_NAMES, "none"),
+        default="quick",
+        help="attack effort on every run, for the leakage columns (default quick: "
+        f"{', '.join(COMPARE_ATTACKS)}; none: no attacks)",
     )
+    compare.add_argument("--only", nargs="+", choices=FAMILIES, default=None, help="attack families to run")
     compare.set_defaults(func=cmd_compare)
     attack = verbs.add_parser("attack", help="run the privacy attacks on finished runs; write attacks.json + PNGs")
     attack.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by run/compare")

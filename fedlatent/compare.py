@@ -70,6 +70,11 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, dict[
     return [(a, b) for a, b in out.values()]
 
 
+def _score(row: dict[str, Any] | None, key: str, *, signed: bool = False) -> str:
+    value = None if row is None else row.get(key)
+    return "-" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
+
+
 def _mb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.2f}"
 
@@ -112,7 +117,8 @@ def summarize(
     acc_name = "accuracy (lift)" if bar is not None else "accuracy"
     names = ["mode", "encoder", acc_name, *([dp_name, "ε spent"] if dp_name else []), "end-to-end DP"]
     if attacked:
-        names += ["inversion SSIM (leak)", "MIA AUC"]
+        both = " (no DP / DP)" if dp_name else ""
+        names += [f"inversion leak{both}", f"MIA AUC{both}"]
     for name in [*names, "MB up", "MB down", "seconds"]:
         table.add_column(name, justify="left" if name in ("mode", "encoder") else "right", no_wrap="accuracy" in name)
     if baseline is not None:
@@ -127,11 +133,10 @@ def summarize(
         main = dp or first  # the privacy claim (and attacks) of the DP run when there is one
         runs = [r for r in (plain, dp) if r is not None]
         cells.append(str(main["end_to_end_dp"]).lower())
-        if attacked:
-            leak = main["inversion_leakage_ssim"]
-            ssim = "-" if main["inversion_ssim"] is None else f"{main['inversion_ssim']:.3f}"
-            cells.append(ssim if leak is None else f"{ssim} ({leak:+.3f})")
-            cells.append("-" if main["mia_auc"] is None else f"{main['mia_auc']:.3f}")
+        if attacked:  # leakage = SSIM beyond the best trivial baseline; both runs of the mode
+            sides = (plain, dp) if dp_name else (main,)
+            cells.append(" / ".join(_score(r, "inversion_leakage_ssim", signed=True) for r in sides))
+            cells.append(" / ".join(_score(r, "mia_auc") for r in sides))
         cells += [
             _mb(first["bytes_uploaded"]),
             _mb(first["bytes_downloaded"]),

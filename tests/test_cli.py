@@ -10,7 +10,7 @@ import pytest
 from fedlatent.cli import build_parser, main
 
 
-@pytest.mark.parametrize("verb", [[], ["run"], ["compare"]])
+@pytest.mark.parametrize("verb", [[], ["run"], ["compare"], ["sweep"], ["report"], ["bench"]])
 def test_help_on_every_verb(verb: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main([*verb, "--help"])
@@ -67,3 +67,23 @@ def test_tls_and_auth_belong_to_the_deployment(
 ) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_compare_defaults_to_dp_twins_at_epsilon_3_and_quick_attacks(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["compare"])
+    assert args.attack == "quick" and args.epsilon is None  # None: cmd_compare's COMPARE_EPSILON applies
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "(default: 3.0)" in capsys.readouterr().out
+
+
+def test_report_refuses_a_directory_that_is_no_sweep(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a sweep directory" in capsys.readouterr().err
+
+
+def test_sweep_refuses_a_bad_file_before_flower_starts(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[grid]\nmode = ["raw", "telepathy"]\n')
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert "telepathy" in capsys.readouterr().err and not (tmp_path / "out").exists()

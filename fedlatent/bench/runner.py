@@ -78,8 +78,8 @@ def run_sweep(
 
     Returns ``{"points": n, "finished": n, "skipped": n, "failed": [ids], "seconds": s}``.
     """
+    todo = points(spec)  # every point validated before anything is written or started
     out.mkdir(parents=True, exist_ok=True)
-    todo = points(spec)
     write_atomic(
         out / "sweep.json", {"spec": dataclasses.asdict(spec), "points": [dataclasses.asdict(p) for p in todo]}
     )

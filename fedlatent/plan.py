@@ -25,7 +25,7 @@ from fedlatent import __version__
 from fedlatent.config import RunConfig
 from fedlatent.data.loading import Dataset
 from fedlatent.data.partition import partition, public_private_split
-from fedlatent.data.store import Memo, cached_dataset, dataset_key
+from fedlatent.data.store import Memo, cached_dataset, dataset_key, stored_parts
 from fedlatent.learning.cache import cached_training, data_digest
 from fedlatent.learning.models import Autoencoder, ImageClassifier, LatentClassifier
 from fedlatent.learning.seeding import generator, seeded_init
@@ -87,9 +87,12 @@ def make_plan(cfg: RunConfig) -> DataPlan:
             cfg.dataset, data_dir=data_dir, download=download, max_train=max_train, cache_dir=cfg.cache_dir
         )
         public_idx, private_idx = public_private_split(ds.y_train, public_fraction=cfg.public_fraction, seed=cfg.seed)
-        parts = partition(
-            ds.y_train, private_idx, num_clients=cfg.num_clients, scheme=cfg.partition, alpha=cfg.alpha, seed=cfg.seed
-        )
+
+        def compute() -> list[np.ndarray]:
+            scheme, k = cfg.partition, cfg.num_clients
+            return partition(ds.y_train, private_idx, num_clients=k, scheme=scheme, alpha=cfg.alpha, seed=cfg.seed)
+
+        parts = stored_parts(cfg.cache_dir, key, compute)  # once per machine with a cache-dir
         return DataPlan(dataset=ds, public_idx=public_idx, client_idx=tuple(parts))
 
     return PLANS.get(key, make)

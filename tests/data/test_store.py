@@ -90,3 +90,24 @@ def test_memo_is_least_recently_used_and_counts() -> None:
     memo: Memo[int] = Memo(capacity=2)
     assert [memo.get(k, lambda k=k: len(k)) for k in ("a", "bb", "a", "ccc", "bb")] == [1, 2, 1, 3, 2]
     assert (memo.hits, memo.misses) == (1, 4)  # "bb" was evicted by "ccc", "a" was kept
+
+
+def test_a_partition_is_computed_once_per_cache_and_a_foreign_entry_is_recomputed(tmp_path) -> None:
+    from fedlatent.data.store import stored_parts
+
+    calls: list[int] = []
+
+    def compute() -> list[np.ndarray]:
+        calls.append(1)
+        return [np.arange(3, dtype=np.int64), np.arange(3, 5, dtype=np.int64)]
+
+    first = stored_parts(str(tmp_path), ("k", "1"), compute)
+    again = stored_parts(str(tmp_path), ("k", "1"), compute)
+    assert len(calls) == 1 and [a.tolist() for a in again] == [a.tolist() for a in first] == [[0, 1, 2], [3, 4]]
+    (entry,) = tmp_path.glob("parts-*.npz")
+    entry.write_bytes(b"damaged")
+    assert [a.tolist() for a in stored_parts(str(tmp_path), ("k", "1"), compute)] == [[0, 1, 2], [3, 4]]
+    assert len(calls) == 2
+    stored_parts(str(tmp_path), ("k", "2"), compute)  # another key, another entry
+    assert len(list(tmp_path.glob("parts-*.npz"))) == 2 and len(calls) == 3
+    assert stored_parts("", ("k", "1"), compute) and len(calls) == 4  # no cache: computed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import signal
 import sys
@@ -157,12 +158,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fedlatent.bench.study import write_report
     from fedlatent.bench.sweep import SweepSpec, points
 
+    log = logging.getLogger("fedlatent")
     spec = SweepSpec.load(args.file)
     points(spec)  # every point validated before Flower starts
     out = Path(args.out or f"runs/{_stamp()}-sweep").expanduser().resolve()
 
     def attack(run_dir: Path, spec: SweepSpec) -> dict[str, Any]:
-        return run_attacks(run_dir, only=spec.families, preset=spec.attacks, progress=lambda _: None)
+        return run_attacks(run_dir, only=spec.families, preset=spec.attacks, progress=lambda s: log.info(s.strip()))
 
     with federation(args, 1) as link:
         done = run_sweep(

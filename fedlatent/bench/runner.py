@@ -66,6 +66,13 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def _eta(durations: dict[bool, list[float]], left: list[Point]) -> float:
+    """Seconds left: each remaining point at the mean time of its kind so far (bar or federation)."""
+    seen = durations[True] + durations[False]
+    mean = {k: sum(v) / len(v) if v else sum(seen) / max(len(seen), 1) for k, v in durations.items()}
+    return sum(mean[p.is_public_only] for p in left)
+
+
 def run_sweep(
     spec: SweepSpec,
     out: Path,
@@ -87,7 +94,8 @@ def run_sweep(
     remaining = [p for p in todo if not is_finished(out, p)]
     _log.info(f"sweep: {len(todo)} points, {len(skipped)} already finished, {len(remaining)} to run -> {out}")
     failed: dict[str, str] = {}
-    start, durations = time.monotonic(), []
+    start = time.monotonic()
+    durations: dict[bool, list[float]] = {True: [], False: []}  # by is_public_only: a bar takes seconds
     for i, point in enumerate(remaining):
         began = time.monotonic()
         where = point_dir(out, point)
@@ -109,12 +117,12 @@ def run_sweep(
             _log.info(f"sweep: point {point.id} FAILED ({failed[point.id]}); going on")
             continue
         seconds = time.monotonic() - began
-        durations.append(seconds)
+        durations[point.is_public_only].append(seconds)
         record = {"id": point.id, "overrides": point.overrides, "public_only": point.public_only, "seconds": seconds}
         record |= {"accuracy": results.get("accuracy"), "attacks": spec.attacks or None, "has_attacks": bool(attacks)}
         write_atomic(where / "point.json", record)
-        done, left = len(skipped) + i + 1, len(remaining) - i - 1
-        eta = sum(durations) / len(durations) * left
+        done = len(skipped) + i + 1
+        eta = _eta(durations, remaining[i + 1 :])
         _log.info(
             f"sweep {bar(done, len(todo))}  {done}/{len(todo)} points  {_clock(time.monotonic() - start)} < "
             f"{_clock(eta)}  ({point.id}: accuracy {results.get('accuracy', float('nan')):.4f}, {seconds:.0f} s)"

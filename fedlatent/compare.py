@@ -29,6 +29,7 @@ COLUMNS = (
     "inversion_ssim",
     "inversion_leakage_ssim",
     "mia_auc",
+    "mia_tpr_at_0.001_fpr",
 )
 
 
@@ -46,7 +47,8 @@ def rows_of(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def attack_columns(path: Path) -> dict[str, float | None]:
     """The worst case over a run's attacks (``attacks.json``): best inversion SSIM, best MIA AUC."""
-    cols: dict[str, float | None] = {"inversion_ssim": None, "inversion_leakage_ssim": None, "mia_auc": None}
+    cols: dict[str, float | None] = dict.fromkeys(("inversion_ssim", "inversion_leakage_ssim", "mia_auc"))
+    cols["mia_tpr_at_0.001_fpr"] = None
     if not path.is_file():
         return cols
     attacks = json.loads(path.read_text())["attacks"]
@@ -58,6 +60,7 @@ def attack_columns(path: Path) -> dict[str, float | None]:
         cols["inversion_ssim"], cols["inversion_leakage_ssim"] = worst["ssim"], worst.get("leakage_ssim")
     if attacks.get("membership", {}).get("status") == "done":
         cols["mia_auc"] = attacks["membership"]["auc"]
+        cols["mia_tpr_at_0.001_fpr"] = attacks["membership"].get("tpr_at_0.001_fpr")
     return cols
 
 
@@ -73,6 +76,11 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, dict[
 def _score(row: dict[str, Any] | None, key: str, *, signed: bool = False) -> str:
     value = None if row is None else row.get(key)
     return "-" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
+
+
+def _mia(row: dict[str, Any] | None) -> str:
+    tpr = None if row is None else row.get("mia_tpr_at_0.001_fpr")
+    return _score(row, "mia_auc") + ("" if tpr is None else f", {100 * tpr:.1f}%")
 
 
 def _mb(n: int | None) -> str:
@@ -118,7 +126,7 @@ def summarize(
     names = ["mode", "encoder", acc_name, *([dp_name, "ε spent"] if dp_name else []), "end-to-end DP"]
     if attacked:
         both = " (no DP / DP)" if dp_name else ""
-        names += [f"inversion leak{both}", f"MIA AUC{both}"]
+        names += [f"inversion leak{both}", f"MIA AUC, TPR@0.1% FPR{both}"]
     for name in [*names, "MB up", "MB down", "seconds"]:
         table.add_column(name, justify="left" if name in ("mode", "encoder") else "right", no_wrap="accuracy" in name)
     if baseline is not None:
@@ -136,7 +144,7 @@ def summarize(
         if attacked:  # leakage = SSIM beyond the best trivial baseline; both runs of the mode
             sides = (plain, dp) if dp_name else (main,)
             cells.append(" / ".join(_score(r, "inversion_leakage_ssim", signed=True) for r in sides))
-            cells.append(" / ".join(_score(r, "mia_auc") for r in sides))
+            cells.append(" / ".join(_mia(r) for r in sides))
         cells += [
             _mb(first["bytes_uploaded"]),
             _mb(first["bytes_downloaded"]),

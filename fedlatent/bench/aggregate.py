@@ -26,7 +26,7 @@ from typing import Any
 from fedlatent.compare import attack_columns
 
 METRICS: tuple[str, ...] = ("accuracy", "lift", "bar", "epsilon", "inversion_ssim", "inversion_leakage_ssim")
-METRICS += ("mia_auc", "wall_seconds", "bytes_uploaded")
+METRICS += ("mia_auc", "mia_tpr_at_0.001_fpr", "wall_seconds", "bytes_uploaded")
 GROUP_IGNORES = ("seed", "out-dir", "cache-dir")
 
 

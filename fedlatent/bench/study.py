@@ -63,6 +63,7 @@ def _table_rows(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]
                 "/".join(sorted({str(e2e.get(p)).lower() for p in s["points"]})),
                 mean_std(s, "inversion_leakage_ssim", digits=3),
                 mean_std(s, "mia_auc", digits=3),
+                mean_std(s, "mia_tpr_at_0.001_fpr", scale=100, digits=2),
                 str(len(s["seeds"])),
             ]
         )
@@ -70,7 +71,7 @@ def _table_rows(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]
 
 
 HEADER = ["setting", "mode", "target ε", "accuracy", "lift (points)", "ε spent", "end-to-end DP"]
-HEADER += ["inversion leakage SSIM", "MIA AUC", "seeds"]
+HEADER += ["inversion leakage SSIM", "MIA AUC", "MIA TPR at 0.1% FPR (%)", "seeds"]
 
 
 def _eps_text(eps: float) -> str:

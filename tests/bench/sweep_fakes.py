@@ -50,7 +50,7 @@ def fake_attacks(run_dir: Path, leakage: float) -> dict[str, Any]:
     report = {
         "attacks": {
             "latent-inversion": {"status": "done", "ssim": 0.5 + leakage, "leakage_ssim": leakage},
-            "membership": {"status": "done", "auc": 0.5 + leakage},
+            "membership": {"status": "done", "auc": 0.5 + leakage, "tpr_at_0.001_fpr": 0.002},
         }
     }
     (run_dir / "attacks.json").write_text(json.dumps(report))

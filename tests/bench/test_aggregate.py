@@ -43,7 +43,7 @@ def test_rows_hold_every_results_and_attacks_field_plus_bar_and_lift(tmp_path: P
     assert is_close(raw3["bar"], 0.71) and is_close(raw3["lift"], 0.0)
     assert raw3["config.epsilon"] == 3.0 and raw3["records.public"] == 7
     assert raw3["attacks.latent-inversion.leakage_ssim"] == 0.05 and raw3["inversion_leakage_ssim"] == 0.05
-    assert raw3["mia_auc"] == 0.55 and raw3["inversion_ssim"] == 0.55
+    assert raw3["mia_auc"] == 0.55 and raw3["inversion_ssim"] == 0.55 and raw3["mia_tpr_at_0.001_fpr"] == 0.002
     bar = next(r for r in rows if r["mode"] == "public-only" and r["seed"] == 2)
     assert bar["lift"] == 0.0 and bar["epsilon"] == 0.0
 

@@ -60,7 +60,13 @@ def attack_columns(path: Path) -> dict[str, float | None]:
         cols["inversion_ssim"], cols["inversion_leakage_ssim"] = worst["ssim"], worst.get("leakage_ssim")
     if attacks.get("membership", {}).get("status") == "done":
         cols["mia_auc"] = attacks["membership"]["auc"]
-        cols["mia_tpr_at_0.001_fpr"] = attacks["membership"].get("tpr_at_0.001_fpr")
+        # The worst case over the membership attacks (older attacks.json keep it per attack only).
+        tprs = [
+            v["tpr_at_0.001_fpr"]
+            for v in attacks["membership"].values()
+            if isinstance(v, dict) and "tpr_at_0.001_fpr" in v
+        ]
+        cols["mia_tpr_at_0.001_fpr"] = attacks["membership"].get("tpr_at_0.001_fpr", max(tprs, default=None))
     return cols
 
 
@@ -125,10 +131,10 @@ def summarize(
     acc_name = "accuracy (lift)" if bar is not None else "accuracy"
     names = ["mode", "encoder", acc_name, *([dp_name, "ε spent"] if dp_name else []), "end-to-end DP"]
     if attacked:
-        both = " (no DP / DP)" if dp_name else ""
-        names += [f"inversion leak{both}", f"MIA AUC, TPR@0.1% FPR{both}"]
+        both = " no DP / DP" if dp_name else ""
+        names += [f"inversion leak{both}", f"MIA AUC, TPR@0.1%FPR{both}"]
     for name in [*names, "MB up", "MB down", "seconds"]:
-        table.add_column(name, justify="left" if name in ("mode", "encoder") else "right", no_wrap="accuracy" in name)
+        table.add_column(name, justify="left" if name in ("mode", "encoder") else "right", no_wrap=True)
     if baseline is not None:
         cells = ["public-only", "-", f"{bar:.4f}", *(["-", "0.000"] if dp_name else []), "true"]
         table.add_row(*cells, *(["-", "-"] if attacked else []), "0.00", "0.00", f"{baseline['wall_seconds']:.1f}")
@@ -151,7 +157,7 @@ def summarize(
             f"{sum(r['wall_seconds'] for r in runs):.1f}",
         ]
         table.add_row(*cells)
-    Console(width=max(Console().width, 140)).print(table)
+    Console(width=max(Console().width, 220)).print(table)  # one line per mode, also in a log file
     _plot(grouped, out / "compare.png", dp_name, bar)
     print(f"results: {out}/compare.json, compare.csv, compare.png")
     return rows

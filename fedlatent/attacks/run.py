@@ -68,7 +68,8 @@ def _membership(view: AttackerView, truth: Truth, s: dict[str, Any], seed: int) 
     figure = s.get("figure")
     if figure is not None:
         plot_roc(Path(figure), raw, is_member, title=f"membership inference: {view.cfg.mode} ({view.cfg.dataset})")
-    return {**scores, "auc": best["auc"], "settings": {"candidates": n, **shadow_kw, "seed": seed}}, []
+    worst = {k: max(v[k] for v in scores.values()) for k in ("tpr_at_0.01_fpr", "tpr_at_0.001_fpr")}
+    return {**scores, "auc": best["auc"], **worst, "settings": {"candidates": n, **shadow_kw, "seed": seed}}, []
 
 
 def _model_inversion(view: AttackerView, truth: Truth, s: dict[str, Any], seed: int) -> Out:
@@ -147,7 +148,8 @@ def headline(name: str, entry: dict[str, Any]) -> str:
     if entry.get("status") != "done":
         return "n/a"
     if name == "membership":
-        return f"AUC {entry['auc']:.3f} (loss {entry['loss']['auc']:.3f}, shadow {entry['shadow']['auc']:.3f})"
+        tpr = f", TPR {100 * entry['tpr_at_0.001_fpr']:.2f}% at 0.1% FPR" if "tpr_at_0.001_fpr" in entry else ""
+        return f"AUC {entry['auc']:.3f} (loss {entry['loss']['auc']:.3f}, shadow {entry['shadow']['auc']:.3f}){tpr}"
     ssim, leak = entry.get("ssim"), entry.get("leakage_ssim")
     if ssim is None:
         return "no image reconstructions"

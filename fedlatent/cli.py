@@ -156,10 +156,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fedlatent.attacks.run import run_attacks
     from fedlatent.bench.runner import run_sweep
     from fedlatent.bench.study import write_report
-    from fedlatent.bench.sweep import SweepSpec, points
+    from fedlatent.bench.sweep import SweepSpec, parse_axis, points, with_axes
 
     log = logging.getLogger("fedlatent")
-    spec = SweepSpec.load(args.file)
+    spec = with_axes(SweepSpec.load(args.file), [parse_axis(a) for a in args.grid])
     points(spec)  # every point validated before Flower starts
     out = Path(args.out or f"runs/{_stamp()}-sweep").expanduser().resolve()
 
@@ -232,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = verbs.add_parser("sweep", help="run a sweep file (a grid of runs + attacks), resumably; write its report")
     sweep.add_argument("file", help="sweep file (TOML): [sweep], [base] and [grid] tables")
     sweep.add_argument("--out", default=None, help="sweep directory (rerun with the same one to resume)")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="replace one axis of the file's grid (repeatable), e.g. --grid seed=0 --grid partition=iid",
+    )
     sweep.add_argument("--verbose", action="store_true", help="show Flower's full log")
     sweep.add_argument("--timeout", type=float, default=6 * 3600, help="seconds before one point is stopped")
     sweep.set_defaults(func=cmd_sweep, deployment=False, tls=False, auth=False)

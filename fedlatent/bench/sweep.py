@@ -123,6 +123,32 @@ class SweepSpec:
         return cls(base=base, grid=grid, attacks=attacks, families=families, description=desc, source=source)
 
 
+def parse_axis(text: str) -> tuple[str, list[Any]]:
+    """``"key=v1,v2"`` (a ``--grid`` option) as ``(key, [v1, v2])``; values are TOML literals or bare words."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip() or not values.strip():
+        raise ConfigError(f"--grid {text!r}: expected KEY=V1,V2,...")
+
+    def literal(item: str) -> Any:
+        try:
+            return tomllib.loads(f"v = {item}")["v"]
+        except tomllib.TOMLDecodeError:
+            return item  # a bare word such as raw or dirichlet
+
+    return key.strip(), [literal(v.strip()) for v in values.split(",")]
+
+
+def with_axes(spec: SweepSpec, axes: list[tuple[str, list[Any]]]) -> SweepSpec:
+    """``spec`` with grid axes replaced (a cut of a large sweep from the command line), re-checked."""
+    grid = dict(spec.grid)
+    base = dict(spec.base)
+    for key, values in axes:
+        base.pop(key, None)
+        grid[key] = values
+    raw = {"sweep": {"attacks": spec.attacks, "families": list(spec.families), "description": spec.description}}
+    return SweepSpec.from_mapping({**raw, "base": base, "grid": grid}, source=spec.source)
+
+
 def _text(value: Any) -> str:
     if isinstance(value, float):
         return "inf" if math.isinf(value) else f"{value:g}"
@@ -130,8 +156,14 @@ def _text(value: Any) -> str:
 
 
 def point_id(overrides: dict[str, Any], shown: list[str]) -> str:
-    """A readable, stable id: the ``shown`` keys' values, then a hash of every key."""
-    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=_text).encode()).hexdigest()[:8]
+    """A readable, stable id: the ``shown`` keys' values, then a hash of the effective config.
+
+    The hash covers the keys whose value differs from the default, so two spellings of one
+    config (``alpha = 0.5`` written out or left to its default) are one point, also across sweeps.
+    """
+    defaults = RunConfig.keys()
+    effective = {k: v for k, v in overrides.items() if _text(v) != _text(defaults.get(k, object()))}
+    digest = hashlib.sha1(json.dumps(effective, sort_keys=True, default=_text).encode()).hexdigest()[:8]
     slug = "_".join(f"{_SHORT.get(k, k + '-')}{_text(overrides[k])}" for k in shown if k in overrides)
     return f"{slug}_{digest}" if slug else digest
 

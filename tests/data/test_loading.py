@@ -278,7 +278,7 @@ def test_load_bad_args(tmp_path: Path) -> None:
         load_dataset("mnist")
     with pytest.raises(DataError, match="train-images-idx3-ubyte"):
         load_dataset("fashion-mnist", data_dir=str(tmp_path))
-    assert DATASETS == ("digits", "fashion-mnist", "mnist")
+    assert DATASETS == ("digits", "fashion-mnist", "mnist", "mnist-5k")
 
 
 @pytest.mark.skipif(

@@ -21,7 +21,7 @@ from fedlatent.privacy.accounting import ACCOUNTANTS
 from fedlatent.privacy.learners import LEARNERS
 
 MODES = ("raw", "latent-fedavg", "latent-share", "public-only")
-ENCODERS = ("public", "federated", "local")
+ENCODERS = ("public", "federated", "local", "scatternet")
 AE_ARCHS = ("mlp", "conv")
 CLASSIFIER_ARCHS = ("mlp", "cnn")
 SERVER_LEARNERS = ("auto", *LEARNERS)
@@ -72,7 +72,7 @@ class RunConfig:
     download: bool = _key(False, None, "allow torchvision to download the data set")
     max_train: int = _key(0, _at_least(0), "cap on training records (0 = all)")
     mode: str = _key("latent-fedavg", _choice(MODES), "raw | latent-fedavg | latent-share | public-only")
-    encoder: str = _key("public", _choice(ENCODERS), "public | federated | local")
+    encoder: str = _key("public", _choice(ENCODERS), "public | federated | local | scatternet (data-free)")
     num_clients: int = _key(0, _at_least(0), "number of clients (0 = every SuperNode of the federation)")
     rounds: int = _key(10, _at_least(1), "federated rounds of the classifier")
     partition: str = _key("iid", _choice(PARTITIONS), "iid | dirichlet | shards")
@@ -237,6 +237,23 @@ class RunConfig:
         says, so that one sweep can cross the two (``results.json`` holds both settings).
         """
         return self.ae_labels if self.public_labels else 0.0
+
+    @property
+    def feature_dim(self) -> int:
+        """Length of what the encoder outputs: ``latent-dim``, or the ScatterNet's feature count.
+
+        ``scatternet`` features are fixed by the image size (3,969 on 28×28, 144 on digits' 8×8;
+        ``learning.scatter``), so ``latent-dim`` does not apply to them.
+        """
+        if self.encoder != "scatternet":
+            return self.latent_dim
+        side = 8 if self.dataset == "digits" else 28
+        return {8: 144, 28: 3969}[side]
+
+    @property
+    def encoder_arch(self) -> str:
+        """The ``Encoder`` architecture: ``scatternet``, or ``ae-arch`` for the autoencoders."""
+        return "scatternet" if self.encoder == "scatternet" else self.ae_arch
 
     @property
     def is_latent(self) -> bool:

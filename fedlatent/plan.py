@@ -27,7 +27,7 @@ from fedlatent.data.loading import Dataset
 from fedlatent.data.partition import partition, public_private_split
 from fedlatent.data.store import Memo, cached_dataset, dataset_key, stored_parts
 from fedlatent.learning.cache import cached_training, data_digest
-from fedlatent.learning.models import Autoencoder, ImageClassifier, LatentClassifier
+from fedlatent.learning.models import Autoencoder, Encoder, ImageClassifier, LatentClassifier
 from fedlatent.learning.seeding import generator, seeded_init
 from fedlatent.learning.training import (
     OnEpoch,
@@ -137,6 +137,14 @@ def public_autoencoder(
     return ae, loss, hit
 
 
+def build_encoder(cfg: RunConfig, ds: Dataset) -> Encoder:
+    """A fresh encoder of the run's architecture (untrained; ``scatternet``: its fixed transform)."""
+    with seeded_init(cfg.seed):
+        return Encoder(
+            image_shape=ds.image_shape, latent_dim=cfg.feature_dim, arch=cfg.encoder_arch, cache_dir=cfg.cache_dir
+        )
+
+
 def build_classifier(cfg: RunConfig, ds: Dataset) -> nn.Module:
     """The model the federation trains: an image classifier in ``raw``, else a latent one.
 
@@ -146,10 +154,10 @@ def build_classifier(cfg: RunConfig, ds: Dataset) -> nn.Module:
     with seeded_init(cfg.seed + 1):
         if not cfg.is_latent:  # raw, and public-only's exported model
             return ImageClassifier(image_shape=ds.image_shape, num_classes=ds.num_classes, arch=cfg.classifier_arch)
-        latent = LatentClassifier(latent_dim=cfg.latent_dim, num_classes=ds.num_classes)
+        latent = LatentClassifier(latent_dim=cfg.feature_dim, num_classes=ds.num_classes)
         if not cfg.release_aware_learner:
             return latent
-        inner = latent if cfg.learner == "mlp" else nn.Linear(cfg.latent_dim, ds.num_classes)
+        inner = latent if cfg.learner == "mlp" else nn.Linear(cfg.feature_dim, ds.num_classes)
         return ClippedClassifier(inner, clip=share_clip(cfg))
 
 

@@ -32,7 +32,7 @@ FAST = {
     "server-epochs": 10,
 }
 COMBOS = [("raw", "public")] + [
-    (m, e) for m in ("latent-fedavg", "latent-share") for e in ("public", "federated", "local")
+    (m, e) for m in ("latent-fedavg", "latent-share") for e in ("public", "federated", "local", "scatternet")
 ]
 
 

@@ -223,7 +223,7 @@ def gradient_inversion(
     if not uploads:
         raise NotApplicable(f"no classifier weight uploads to invert (mode {cfg.mode})")
     latent = cfg.is_latent
-    input_shape: tuple[int, ...] = (cfg.latent_dim,) if latent else view.image_shape
+    input_shape: tuple[int, ...] = (cfg.feature_dim,) if latent else view.image_shape
     settings: dict[str, Any] = dict(max_uploads=max_uploads, num_inputs=num_inputs, steps=steps, lr=lr, loss=loss)
     settings.update(tv=0.0 if latent else tv, inverse_epochs=inverse_epochs, seed=seed, uploads_attacked=len(uploads))
     settings.update(target="pseudo-gradient start - weights", inputs="latents" if latent else "images")

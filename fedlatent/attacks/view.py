@@ -74,7 +74,9 @@ class AttackerView:
         """The frozen encoder the server knows (None for ``local`` encoders or ``raw``)."""
         if self.encoder_state is None:
             return None
-        enc = Encoder(image_shape=self.image_shape, latent_dim=self.cfg.latent_dim, arch=self.cfg.ae_arch)
+        enc = Encoder(
+            image_shape=self.image_shape, latent_dim=self.cfg.feature_dim, arch=self.cfg.encoder_arch, cache_dir=""
+        )
         enc.load_state_dict({k: torch.from_numpy(v) for k, v in self.encoder_state.items()})
         return enc.eval()
 

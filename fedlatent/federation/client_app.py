@@ -35,6 +35,7 @@ from fedlatent.plan import (
     DataPlan,
     build_autoencoder,
     build_classifier,
+    build_encoder,
     dp_train_round,
     make_plan,
     new_ledger,
@@ -62,7 +63,7 @@ def _setup(context: Context) -> tuple[RunConfig, DataPlan, int]:
 
 
 def _new_encoder(cfg: RunConfig, plan: DataPlan) -> Encoder:
-    return Encoder(image_shape=plan.dataset.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
+    return build_encoder(cfg, plan.dataset)
 
 
 def _encoder(context: Context, cfg: RunConfig, plan: DataPlan) -> Encoder:

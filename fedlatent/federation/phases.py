@@ -34,6 +34,7 @@ from fedlatent.plan import (
     DataPlan,
     build_autoencoder,
     build_classifier,
+    build_encoder,
     public_autoencoder,
     release_noise_std,
     share_clip,
@@ -123,6 +124,10 @@ def encoder_phase(run: RunContext) -> Encoder | None:
         ok = [accept(m, phase="local-encoder", rnd=0, view=view, traffic=run.traffic) for m in replies]
         log.info("local encoders trained on %d of %d clients", sum(p is not None for p in ok), len(run.nodes))
         return None
+    if cfg.encoder == "scatternet":  # data-free: nothing to train, every party could build it
+        encoder = build_encoder(cfg, plan.dataset)
+        log.info("scatternet encoder: %d fixed features per image, no data used", cfg.feature_dim)
+        return _distribute(run, encoder)
     if cfg.encoder == "public":
         progress = Progress("public autoencoder", cfg.ae_epochs)
         ae, loss, hit = public_autoencoder(cfg, plan, on_epoch=progress)
@@ -133,13 +138,19 @@ def encoder_phase(run: RunContext) -> Encoder | None:
         strategy = recording_fedavg(run, phase=P.PHASE_ENCODER, model=ae)
         result = strategy.start(grid=run.grid, initial_arrays=P.module_to_arrays(ae), num_rounds=cfg.encoder_rounds)
         P.load_arrays(ae, result.arrays)
-    encoder_arrays = P.module_to_arrays(ae.encoder)  # the decoder is discarded here
-    arch = {"image_shape": list(plan.dataset.image_shape), "latent_dim": cfg.latent_dim, "arch": cfg.ae_arch}
+    return _distribute(run, ae.encoder)  # the decoder is discarded here
+
+
+def _distribute(run: RunContext, encoder: Encoder) -> Encoder:
+    """Record the frozen encoder in the server view and send it to the clients (latent-fedavg)."""
+    cfg, plan, view = run.cfg, run.plan, run.view
+    encoder_arrays = P.module_to_arrays(encoder)
+    arch = {"image_shape": list(plan.dataset.image_shape), "latent_dim": cfg.feature_dim, "arch": cfg.encoder_arch}
     view.encoder(encoder_arrays, arch=arch)
     if cfg.mode != "latent-share":  # latent-share sends it with its one query instead (share_phase)
         for m in broadcast(run, P.Q_SET_ENCODER, RecordDict({P.ARRAYS: encoder_arrays})):
             accept(m, phase="set-encoder", rnd=0, view=view, traffic=run.traffic)
-    return ae.encoder
+    return encoder
 
 
 def fedavg_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
@@ -200,7 +211,7 @@ def collect_latents(run: RunContext, encoder: Encoder | None) -> tuple[torch.Ten
             if run.record.privacy.note(msg, pid=pid, phase="share-latents", rnd=0):
                 continue
             z, y = P.unpack_latents(
-                P.arrays(msg.content, P.LATENTS), latent_dim=cfg.latent_dim, num_classes=run.plan.dataset.num_classes
+                P.arrays(msg.content, P.LATENTS), latent_dim=cfg.feature_dim, num_classes=run.plan.dataset.num_classes
             )
         except (P.PayloadError, KeyError) as err:
             log.warning("rejected latents of partition %s: %s", pid, err)

@@ -39,13 +39,22 @@ def _check_conv_shape(image_shape: tuple[int, int, int]) -> None:
 
 
 class Encoder(nn.Module):
-    """Image ``(B, C, H, W)`` -> latent ``(B, d)``; the last layer is linear."""
+    """Image ``(B, C, H, W)`` -> latent ``(B, d)``; the last layer is linear (``scatternet``: fixed features)."""
 
-    def __init__(self, *, image_shape: tuple[int, int, int], latent_dim: int, arch: str = "mlp") -> None:
+    def __init__(
+        self, *, image_shape: tuple[int, int, int], latent_dim: int, arch: str = "mlp", cache_dir: str = ""
+    ) -> None:
         super().__init__()
         c, h, w = image_shape
-        if arch == "mlp":
-            self.net: nn.Module = nn.Sequential(nn.Flatten(), _mlp((c * h * w, *MLP_AE_HIDDEN, latent_dim)))
+        if arch == "scatternet":  # data-free ScatterNet features (learning/scatter.py); nothing to train
+            from fedlatent.learning.scatter import ScatterFeatures, feature_dim
+
+            if latent_dim != feature_dim(image_shape):
+                dim = feature_dim(image_shape)
+                raise ValueError(f"scatternet on {image_shape} gives {dim} features, not {latent_dim}")
+            self.net: nn.Module = ScatterFeatures(image_shape, cache_dir=cache_dir)
+        elif arch == "mlp":
+            self.net = nn.Sequential(nn.Flatten(), _mlp((c * h * w, *MLP_AE_HIDDEN, latent_dim)))
         elif arch == "conv":
             _check_conv_shape(image_shape)
             self.net = nn.Sequential(

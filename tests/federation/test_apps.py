@@ -81,7 +81,7 @@ def test_no_raw_image_reaches_the_server(runs: Runs, mode: str, encoder: str) ->
             assert not _contains_rows(array, rows, images.shape[1]), f"{name}:{key} holds a private image"
     if mode == "latent-share":
         shared = np.concatenate([v["latents"] for k, v in received.items() if k.startswith("latents/")])
-        assert shared.shape == (len(private), cfg.latent_dim)
+        assert shared.shape == (len(private), cfg.feature_dim)
 
 
 @pytest.mark.skipif(not Path(FASHION_MNIST_DEBIAN_DIR).is_dir(), reason="Debian's dataset-fashion-mnist not installed")

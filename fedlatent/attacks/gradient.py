@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from fedlatent.attacks.common import NotApplicable, total_variation, train_inverse
+from fedlatent.attacks.update_inversion import invert_update
 from fedlatent.attacks.view import AttackerView
 from fedlatent.learning import seeding
 from fedlatent.learning.progress import Progress
@@ -184,6 +185,10 @@ def _pseudo_gradient(
     ]
 
 
+def _tensors(model: nn.Module, state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.asarray(state[name], dtype=np.float32)) for name, _ in model.named_parameters()}
+
+
 def gradient_inversion(
     view: AttackerView,
     *,
@@ -194,6 +199,7 @@ def gradient_inversion(
     tv: float = 1e-2,
     loss: Literal["cosine", "l2"] = "cosine",
     inverse_epochs: int = 100,
+    local_steps: int = 0,
     seed: int = 0,
 ) -> GradientInversion:
     """Invert the first ``max_uploads`` classifier uploads of the run.
@@ -215,6 +221,10 @@ def gradient_inversion(
         Passed to ``invert_gradient`` (``tv`` only for image classifiers).
     inverse_epochs : int
         Training epochs of the inverse network (latent classifiers with a known encoder).
+    local_steps : int
+        0: single-step matching (``invert_gradient``). ``k > 0``: the upload is modelled as ``k``
+        unrolled Adam steps at the run's learning rate (``update_inversion.invert_update``),
+        the clients' own optimizer; labels from iDLG on the pseudo-gradient.
     seed : int
         Seeds every random start and the inverse network.
     """
@@ -226,24 +236,28 @@ def gradient_inversion(
     input_shape: tuple[int, ...] = (cfg.feature_dim,) if latent else view.image_shape
     settings: dict[str, Any] = dict(max_uploads=max_uploads, num_inputs=num_inputs, steps=steps, lr=lr, loss=loss)
     settings.update(tv=0.0 if latent else tv, inverse_epochs=inverse_epochs, seed=seed, uploads_attacked=len(uploads))
-    settings.update(target="pseudo-gradient start - weights", inputs="latents" if latent else "images")
+    target = f"{local_steps} unrolled Adam steps" if local_steps else "pseudo-gradient start - weights"
+    settings.update(target=target, local_steps=local_steps, inputs="latents" if latent else "images")
     out = GradientInversion(settings=settings)
     progress = Progress("attack: gradient inversion", len(uploads), unit="uploads", after=10)
     for i, up in enumerate(uploads):
         assert up.start is not None
         model = view.classifier(up.start)
-        x, labels = invert_gradient(
-            model,
-            _pseudo_gradient(model, up.start, up.weights),
-            input_shape=input_shape,
-            num_inputs=num_inputs,
-            steps=steps,
-            lr=lr,
-            tv=0.0 if latent else tv,
-            loss=loss,
-            bounded=not latent,
-            generator=seeding.generator(seed, 5, i),
-        )
+        gen = seeding.generator(seed, 5, i)
+        if local_steps:
+            pseudo = _pseudo_gradient(model, up.start, up.weights)
+            labels = infer_labels(model, pseudo, num_inputs)
+            x = invert_update(
+                model, _tensors(model, up.start), _tensors(model, up.weights), input_shape=input_shape,
+                labels=labels, local_steps=local_steps, local_lr=cfg.lr, steps=steps, lr=lr,
+                tv=0.0 if latent else tv, bounded=not latent, generator=gen,
+            )  # fmt: skip
+        else:
+            x, labels = invert_gradient(
+                model, _pseudo_gradient(model, up.start, up.weights), input_shape=input_shape,
+                num_inputs=num_inputs, steps=steps, lr=lr, tv=0.0 if latent else tv, loss=loss,
+                bounded=not latent, generator=gen,
+            )  # fmt: skip
         key = (up.rnd, up.partition)
         out.labels[key] = labels.numpy()
         (out.latents if latent else out.images)[key] = x.numpy()

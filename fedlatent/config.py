@@ -116,6 +116,7 @@ class RunConfig:
     cache_dir: str = _key("", None, "cache of decoded data and the public autoencoder, keyed ('' = none)")
     client_threads: int = _key(1, _at_least(0), "torch threads of each ClientApp (0 = torch's default)")
     out_dir: str = _key("", None, "run directory ('' = runs/<time>-<mode>-<encoder>)")
+    overwrite: bool = _key(False, None, "empty a non-empty out-dir first (default: refuse it, runs must not mix)")
 
     @classmethod
     def keys(cls) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlatent.config import ConfigError, RunConfig
+from fedlatent.federation.rundir import check_out_dir
 from fedlatent.launch.deployment import LocalDeployment
 from fedlatent.launch.superlink import FederationError, LocalSuperLink
 
@@ -70,7 +72,9 @@ def run_one(link: LocalSuperLink | LocalDeployment, cfg: RunConfig, *, verbose: 
     )
     results_path = Path(cfg.out_dir) / "results.json"
     if not results_path.is_file():
-        raise FederationError(f"run {result.run_id} finished but wrote no {results_path}")
+        failed = results_path.with_name("FAILED")
+        reason = f": {failed.read_text().strip()}" if failed.is_file() else ""
+        raise FederationError(f"run {result.run_id} finished but wrote no {results_path}{reason}")
     return json.loads(results_path.read_text())
 
 
@@ -78,11 +82,14 @@ def run_config(overrides: dict[str, Any], default_out: str) -> RunConfig:
     """The validated config of a run the CLI starts: ``overrides`` plus the CLI's defaults.
 
     ``num-clients`` defaults to ``CLI_CLIENTS`` and must be >= 1 (the CLI starts the
-    SuperNodes, so it needs a count); ``out-dir`` defaults to ``default_out``, made absolute.
+    SuperNodes, so it needs a count); ``out-dir`` defaults to ``default_out``, made absolute,
+    and must be a fresh directory unless ``overwrite`` (``rundir.check_out_dir``: refused before
+    Flower starts).
     """
     overrides.setdefault("num-clients", CLI_CLIENTS)
     if int(overrides["num-clients"]) < 1:  # the CLI starts the SuperNodes, so it needs a count
         raise ConfigError(f"config key 'num-clients' = {overrides['num-clients']!r}: must be >= 1")
     overrides.setdefault("out-dir", default_out)
-    overrides["out-dir"] = str(Path(overrides["out-dir"]).expanduser().resolve())
-    return RunConfig.from_run_config(overrides)
+    cfg = RunConfig.from_run_config(overrides)
+    out = check_out_dir(cfg.out_dir, overwrite=cfg.overwrite)
+    return dataclasses.replace(cfg, out_dir=str(out))

@@ -21,23 +21,11 @@ import numpy as np
 
 from fedlatent import __version__
 from fedlatent.config import RunConfig
+from fedlatent.federation.rundir import write_json_atomic
 from fedlatent.federation.strategy import PrivacyLog
 from fedlatent.jsonable import jsonable
 from fedlatent.plan import DataPlan
 from fedlatent.privacy.accounting import compose_epsilon
-
-
-def run_directory(cfg: RunConfig) -> Path:
-    """The run's output directory (created); ``out-dir`` or ``runs/<time>-<mode>-<encoder>``."""
-    if cfg.out_dir:
-        out = Path(cfg.out_dir).expanduser()
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = f"{stamp}-{cfg.dataset}-{cfg.mode}" + (f"-{cfg.encoder}" if cfg.is_latent else "")
-        out = Path("runs") / name
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 @dataclass
@@ -101,7 +89,7 @@ class RunRecord:
         write_private_index(self.out / "private_index", self.plan)
         write_history_csv(self.out / "history.csv", self.history)
         plot_history(self.out / "accuracy.png", self.history, title=f"{self.cfg.dataset} {self.cfg.mode}")
-        (self.out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+        write_json_atomic(self.out / "results.json", results)  # whole or not at all
         return results
 
 

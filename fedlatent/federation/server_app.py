@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +29,8 @@ from fedlatent.federation.phases import (
     share_phase,
     wait_for_nodes,
 )
-from fedlatent.federation.report import RunRecord, run_directory
+from fedlatent.federation.report import RunRecord
+from fedlatent.federation.rundir import mark_failed, run_directory
 from fedlatent.federation.server_view import ServerView
 from fedlatent.federation.strategy import Traffic
 from fedlatent.jsonable import jsonable
@@ -50,6 +52,15 @@ def main(grid: Grid, context: Context) -> None:
     cfg = dataclasses.replace(cfg, num_clients=len(nodes))  # num-clients 0: every SuperNode
     out = run_directory(cfg)
     log.info("fedlatent run -> %s", out)
+    try:
+        _run(grid, cfg, nodes, out, start)
+    except BaseException as err:  # the directory must say the run failed, and why
+        mark_failed(out, err)
+        raise
+
+
+def _run(grid: Grid, cfg: RunConfig, nodes: list[int], out: Path, start: float) -> None:
+    """Every phase of one run into ``out`` (a fresh directory)."""
     plan = make_plan(cfg)
     record = RunRecord(cfg=cfg, out=out, plan=plan)
     view = ServerView(out / "server_view", settings=jsonable(cfg.to_run_config()))

@@ -11,7 +11,8 @@ from contract import RESULT_FIELDS
 
 from fedlatent import __version__
 from fedlatent.config import RunConfig
-from fedlatent.federation.report import RunRecord, run_directory
+from fedlatent.federation.report import RunRecord
+from fedlatent.federation.rundir import run_directory
 from fedlatent.plan import make_plan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -20,6 +20,7 @@ from typing import Any
 
 from fedlatent.attacks.presets import FAMILIES, PRESET_NAMES
 from fedlatent.config import ConfigError, RunConfig
+from fedlatent.data.loading import DataError
 from fedlatent.launch.superlink import FederationError
 from fedlatent.learning.progress import show_log
 from fedlatent.runs import CLI_CLIENTS, federation, run_config, run_one
@@ -264,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return int(args.func(args))
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:  # bad settings or data: one line, before Flower starts
         print(f"fedlatent: {err}", file=sys.stderr)
         return 2
     except FederationError as err:

@@ -92,4 +92,8 @@ def run_config(overrides: dict[str, Any], default_out: str) -> RunConfig:
     overrides.setdefault("out-dir", default_out)
     cfg = RunConfig.from_run_config(overrides)
     out = check_out_dir(cfg.out_dir, overwrite=cfg.overwrite)
-    return dataclasses.replace(cfg, out_dir=str(out))
+    cfg = dataclasses.replace(cfg, out_dir=str(out))
+    from fedlatent.plan import preflight  # lazy: loads torch and the data, after the cheap checks
+
+    preflight(cfg)
+    return cfg

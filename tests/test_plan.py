@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedlatent.config import RunConfig
+from fedlatent.config import ConfigError, RunConfig
 from fedlatent.learning.models import Autoencoder, ImageClassifier, LatentClassifier
-from fedlatent.plan import build_autoencoder, build_classifier, make_plan
+from fedlatent.plan import build_autoencoder, build_classifier, make_plan, preflight
 
 SMALL = {"dataset": "digits", "num-clients": 4, "latent-dim": 8, "seed": 3, "max-train": 400}
 
@@ -161,3 +161,35 @@ def test_a_client_message_neither_decodes_nor_partitions_again(monkeypatch: pyte
     assert decodes == ["digits"] and other.dataset is first.dataset
     assert not np.array_equal(other.public_idx, first.public_idx)
     assert (plan_module.PLANS.hits, plan_module.PLANS.misses) == (5, 2)
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"mode": "latent-share", "epsilon": 3.0, "delta": 0.5}, "'delta' = 0.5: must be below 1/records"),
+        ({"mode": "raw", "epsilon": 3.0, "delta": 0.01}, "smallest client"),
+        ({"mode": "raw", "epsilon": 1e-4}, "'epsilon' = 0.0001 cannot be met"),
+    ],
+)
+def test_preflight_refuses_settings_every_client_would_fail_on(keys: dict, message: str) -> None:
+    cfg = RunConfig.from_run_config({"dataset": "digits", "num-clients": 10, **keys})
+    with pytest.raises(ConfigError, match=message):
+        preflight(cfg)
+
+
+def test_preflight_passes_sound_settings() -> None:
+    for mode in ("raw", "latent-fedavg", "latent-share", "public-only"):
+        preflight(RunConfig.from_run_config({"dataset": "digits", "num-clients": 10, "mode": mode}))
+    preflight(RunConfig.from_run_config({"dataset": "digits", "num-clients": 10, "mode": "raw", "epsilon": 3.0}))
+
+
+def test_the_cli_reports_preflight_and_data_errors_in_one_line(tmp_path, capsys) -> None:
+    from fedlatent.cli import main
+
+    assert (
+        main(["run", "--mode", "latent-share", "--epsilon", "3", "--delta", "0.5", "--out", str(tmp_path / "a")]) == 2
+    )
+    assert main(["run", "--dataset", "mnist-5k", "--data-dir", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "must be below 1/records" in err and "mnist_5k.csv.gz" in err and "Traceback" not in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

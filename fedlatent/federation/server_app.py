@@ -36,7 +36,7 @@ from fedlatent.federation.strategy import Traffic
 from fedlatent.jsonable import jsonable
 from fedlatent.learning.models import Encoder
 from fedlatent.learning.progress import show_log
-from fedlatent.plan import make_plan
+from fedlatent.plan import make_plan, preflight
 
 app = ServerApp()
 log = logging.getLogger("fedlatent")
@@ -50,6 +50,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_run_config(context.run_config)
     nodes = wait_for_nodes(grid, cfg.num_clients)
     cfg = dataclasses.replace(cfg, num_clients=len(nodes))  # num-clients 0: every SuperNode
+    preflight(cfg)  # as the CLI does, for flwr run users: no run directory for a run that cannot work
     out = run_directory(cfg)
     log.info("fedlatent run -> %s", out)
     try:

@@ -112,8 +112,13 @@ def accuracy_vs_epsilon(summary: Sequence[dict[str, Any]], path: Path) -> Path |
         ax.set_ylabel("test accuracy")
         ax.set_title(_title(facet), fontsize=9)
         ax.legend(fontsize=7)
-    if sources:
-        fig.text(0.01, 0.005, "×: published, centralized. " + "; ".join(sources), fontsize=6)
+    if sources:  # wrapped to the figure's width, below the panels
+        import textwrap
+
+        width = int(fig.get_figwidth() * 22)
+        caption = textwrap.fill("×: published, centralized. " + "; ".join(sources), width=width)
+        fig.text(0.01, 0.005, caption, fontsize=6, va="bottom")
+        return _save(fig, path, plt, bottom=0.04 + 0.03 * caption.count("\n"))
     return _save(fig, path, plt)
 
 
@@ -238,8 +243,8 @@ def accuracy_per_round(rows: Sequence[dict[str, Any]], path: Path) -> Path | Non
     return _save(fig, path, plt)
 
 
-def _save(fig: Any, path: Path, plt: Any) -> Path:
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+def _save(fig: Any, path: Path, plt: Any, *, bottom: float = 0.03) -> Path:
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -88,7 +88,7 @@ def test_a_toml_file_with_inf_loads(tmp_path: Path) -> None:
         SweepSpec.load(path)
 
 
-@pytest.mark.parametrize("name", ["quick", "claims-fmnist", "frontier-fmnist"])
+@pytest.mark.parametrize("name", ["quick", "claims-fmnist", "frontier-fmnist", "scatternet-fmnist"])
 def test_the_shipped_sweeps_are_valid(name: str) -> None:
     path = Path(__file__).parents[2] / "experiments" / f"{name}.toml"
     assert len(points(SweepSpec.load(path))) > 1

@@ -22,5 +22,6 @@ RESULT_FIELDS = frozenset(
         "history",
         "seed",
         "fedlatent_version",
+        "rejected_replies",
     }
 )

@@ -117,6 +117,10 @@ def blocks(out: Path) -> list[Block]:
     b += [("h2", "Threat model"), ("p", THREAT_MODEL), ("h2", "What ε means per mode"), ("list", EPSILON_MEANING)]
     b += [("h2", "Results (mean ± std over seeds)"), ("table", (HEADER, _table_rows(summary, rows)))]
     b.append(("p", "lift = accuracy − the public-only accuracy of the same public split and seed, in points."))
+    if hit := [
+        f"{r['point']}: {r['rejected_replies.total']} replies rejected" for r in rows if r.get("rejected_replies.total")
+    ]:
+        b += [("p", "Points whose server rejected replies (their models lack those clients' updates):"), ("list", hit)]
     b += [("h2", "Conclusions on the seed's two claims"), ("list", conclusions(summary))]
     datasets = sorted({str(r.get("dataset")) for r in rows})
     if anchors := [a for d in datasets for a in anchors_for(d)]:

@@ -41,6 +41,7 @@ class RunRecord:
     privacy: PrivacyLog = field(default_factory=PrivacyLog)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase, as it ran
     public_only: dict[str, Any] | None = None  # mode public-only: both classifiers' accuracies
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # the server view's rejected replies
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -71,6 +72,7 @@ class RunRecord:
             "wall_seconds": seconds,
             "phase_seconds": dict(self.seconds),
             "public_only": self.public_only,
+            "rejected_replies": rejected_summary(self.rejected),
             "history": self.history,
             "seed": cfg.seed,
             "records": {
@@ -91,6 +93,17 @@ class RunRecord:
         plot_history(self.out / "accuracy.png", self.history, title=f"{self.cfg.dataset} {self.cfg.mode}")
         write_json_atomic(self.out / "results.json", results)  # whole or not at all
         return results
+
+
+def rejected_summary(rejected: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many replies the server refused, by phase and by reason (the text before any ':' detail)."""
+    by_reason: dict[str, int] = {}
+    by_phase: dict[str, int] = {}
+    for r in rejected:
+        reason = str(r.get("reason", "")).split(":<", 1)[0][:120]
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+        by_phase[str(r.get("phase"))] = by_phase.get(str(r.get("phase")), 0) + 1
+    return {"total": len(rejected), "by_phase": by_phase, "by_reason": by_reason}
 
 
 def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:

@@ -83,6 +83,7 @@ def _run(grid: Grid, cfg: RunConfig, nodes: list[int], out: Path, start: float) 
         with record.timed("evaluation"):
             _final_accuracy(run, model, encoder)
     view.close()
+    record.rejected = list(view.manifest["rejected"])
     record.finish(bytes_up=run.traffic.up, bytes_down=run.traffic.down, seconds=time.time() - start)
     log.info("accuracy %.4f, results in %s", record.accuracy, out / "results.json")
 

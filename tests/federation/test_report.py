@@ -135,3 +135,18 @@ def test_public_only_reports_epsilon_zero_not_null():
     summary = privacy_summary(RunConfig.from_run_config({"mode": "public-only", "num-clients": 3}), PrivacyLog())
     assert summary["epsilon"] == 0.0 and summary["epsilon_per_client"] == {"0": 0.0, "1": 0.0, "2": 0.0}
     assert summary["end_to_end_dp"] is True and "no private record" in summary["privacy_note"]
+
+
+def test_rejected_replies_are_counted_by_phase_and_reason() -> None:
+    from fedlatent.federation.report import rejected_summary
+
+    oom = "client error: <class 'ray.exceptions.OutOfMemoryError'>:<'1 worker(s) were killed ...'>"
+    rows = [
+        {"phase": "classifier", "reason": oom},
+        {"phase": "classifier", "reason": oom},
+        {"phase": "share", "reason": "latents have shape (3, 5), expected (n, 32)"},
+    ]
+    out = rejected_summary(rows)
+    assert out["total"] == 3 and out["by_phase"] == {"classifier": 2, "share": 1}
+    assert out["by_reason"]["client error: <class 'ray.exceptions.OutOfMemoryError'>"] == 2
+    assert rejected_summary([]) == {"total": 0, "by_phase": {}, "by_reason": {}}

@@ -52,7 +52,10 @@ class Runs(dict):  # type: ignore[type-arg]
     def __missing__(self, key: tuple[str, str]) -> Path:
         mode, encoder = key
         out = self.factory.mktemp(f"{mode}-{encoder}")
-        cfg = {**FAST, "mode": mode, "encoder": encoder, "out-dir": str(out)}
+        # One cache for the session: partitions, the public autoencoder and ScatterNet features are
+        # made once (keyed, so every run still gets exactly its own), not in every process.
+        cache = self.factory.getbasetemp() / "shared-cache"
+        cfg = {**FAST, "mode": mode, "encoder": encoder, "out-dir": str(out), "cache-dir": str(cache)}
         self.link.run(app_dir(), run_config=cfg, num_supernodes=FAST["num-clients"], timeout=900)
         self[key] = out
         return out

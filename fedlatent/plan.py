@@ -24,7 +24,7 @@ from torch import nn
 from fedlatent import __version__
 from fedlatent.config import ConfigError, RunConfig
 from fedlatent.data.loading import Dataset
-from fedlatent.data.partition import partition, public_private_split
+from fedlatent.data.partition import public_private_split
 from fedlatent.data.store import Memo, cached_dataset, dataset_key, stored_parts
 from fedlatent.learning.cache import cached_training, data_digest
 from fedlatent.learning.models import Autoencoder, Encoder, ImageClassifier, LatentClassifier
@@ -36,6 +36,7 @@ from fedlatent.learning.training import (
     train_autoencoder,
     train_hybrid_autoencoder,
 )
+from fedlatent.partitions import partition
 from fedlatent.privacy.client import DPPlan, plan_round, train_round
 from fedlatent.privacy.learners import ClippedClassifier
 from fedlatent.privacy.ledger import Ledger

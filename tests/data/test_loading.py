@@ -21,7 +21,8 @@ from fedlatent.data.loading import (
     load_dataset,
     read_idx,
 )
-from fedlatent.data.partition import PARTITIONS, partition, public_private_split
+from fedlatent.data.partition import PARTITIONS, public_private_split
+from fedlatent.partitions import partition
 
 STEMS = {
     "train-images": "train-images-idx3-ubyte",

@@ -8,7 +8,7 @@ from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, ShardPartitioner
 
 from fedlatent.data.loading import DataError
-from fedlatent.data.partition import partition
+from fedlatent.partitions import partition
 
 LABELS = np.random.default_rng(5).integers(0, 10, 3000)
 PRIVATE = np.sort(np.random.default_rng(6).choice(3000, 2500, replace=False))

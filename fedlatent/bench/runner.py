@@ -17,9 +17,7 @@ Why the points run in one process with one SuperLink: starting Flower costs seco
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -28,8 +26,9 @@ from typing import Any
 
 from fedlatent.bench.sweep import Point, SweepSpec, points
 from fedlatent.config import RunConfig
+from fedlatent.federation.rundir import write_json_atomic
 from fedlatent.jsonable import jsonable
-from fedlatent.learning.progress import bar
+from fedlatent.learning.progress import bar, clock
 
 RunPoint = Callable[[RunConfig], dict[str, Any]]
 AttackPoint = Callable[[Path, SweepSpec], dict[str, Any]]
@@ -38,9 +37,7 @@ _log = logging.getLogger("fedlatent")
 
 def write_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as strict JSON to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, jsonable(data))
 
 
 def point_dir(out: Path, point: Point) -> Path:
@@ -59,11 +56,6 @@ def point_config(spec: SweepSpec, out: Path, point: Point, *, run_config: Callab
     overrides.setdefault("cache-dir", str(out / ".cache"))
     overrides["out-dir"] = str(point_dir(out, point))
     return run_config(overrides, default_out=str(point_dir(out, point)))
-
-
-def _clock(seconds: float) -> str:
-    s = max(0, int(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def _eta(durations: dict[bool, list[float]], left: list[Point]) -> float:
@@ -124,8 +116,8 @@ def run_sweep(
         done = len(skipped) + i + 1
         eta = _eta(durations, remaining[i + 1 :])
         _log.info(
-            f"sweep {bar(done, len(todo))}  {done}/{len(todo)} points  {_clock(time.monotonic() - start)} < "
-            f"{_clock(eta)}  ({point.id}: accuracy {results.get('accuracy', float('nan')):.4f}, {seconds:.0f} s)"
+            f"sweep {bar(done, len(todo))}  {done}/{len(todo)} points  {clock(time.monotonic() - start)} < "
+            f"{clock(eta)}  ({point.id}: accuracy {results.get('accuracy', float('nan')):.4f}, {seconds:.0f} s)"
         )
     write_atomic(out / "failed.json", failed)
     summary = {"points": len(todo), "finished": len(todo) - len(failed), "skipped": len(skipped)}

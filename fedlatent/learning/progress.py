@@ -25,7 +25,8 @@ from rich.progress_bar import ProgressBar
 _BAR_WIDTH = 24
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """``seconds`` as ``h:mm:ss``."""
     seconds = max(0, int(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -84,7 +85,7 @@ class Progress:
         extra = "".join(f"  {k} {v:.4f}" for k, v in values.items())
         self.log(
             f"{self.desc} {bar(done, self.total)}  {done}/{self.total} {self.unit}  "
-            f"{_clock(elapsed)} < {_clock(eta)}{extra}"
+            f"{clock(elapsed)} < {clock(eta)}{extra}"
         )
         self.lines += 1
 

@@ -89,6 +89,9 @@ class RunConfig:
         0.0, _at_least(0.0), "public encoder: weight of a loss on the public labels (0 = reconstruction only)"
     )
     encoder_rounds: int = _key(3, _at_least(1), "FedAvg rounds of the federated encoder")
+    seed_bugs: bool = _key(
+        False, None, "reproduce the seed's two bugs (ReLU on the bottleneck and on the logits); comparison only"
+    )
     classifier_arch: str = _key("mlp", _choice(CLASSIFIER_ARCHS), "raw classifier: mlp | cnn")
     local_epochs: int = _key(5, _at_least(1), "client epochs per round")
     batch_size: int = _key(32, _at_least(1), "minibatch size")

@@ -102,7 +102,9 @@ def make_plan(cfg: RunConfig) -> DataPlan:
 def build_autoencoder(cfg: RunConfig, ds: Dataset) -> Autoencoder:
     """A fresh autoencoder, seeded so every party starts from the same weights."""
     with seeded_init(cfg.seed):
-        return Autoencoder(image_shape=ds.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
+        return Autoencoder(
+            image_shape=ds.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch, seed_bugs=cfg.seed_bugs
+        )
 
 
 def public_autoencoder(
@@ -117,7 +119,7 @@ def public_autoencoder(
     ae = build_autoencoder(cfg, plan.dataset)
     x, y = plan.public()
     batch_size = cfg.public_batch_size(len(x))
-    settings = ("seed", "latent_dim", "ae_arch", "ae_epochs", "ae_lr")
+    settings = ("seed", "latent_dim", "ae_arch", "ae_epochs", "ae_lr", "seed_bugs")
     labels = cfg.public_label_weight  # 0 without public labels: the images alone
     key = {k: getattr(cfg, k) for k in settings} | {"ae_labels": labels, "version": __version__}
     key["data"] = data_digest(x.numpy(), y.numpy()) if labels > 0 else data_digest(x.numpy())
@@ -142,7 +144,11 @@ def build_encoder(cfg: RunConfig, ds: Dataset) -> Encoder:
     """A fresh encoder of the run's architecture (untrained; ``scatternet``: its fixed transform)."""
     with seeded_init(cfg.seed):
         return Encoder(
-            image_shape=ds.image_shape, latent_dim=cfg.feature_dim, arch=cfg.encoder_arch, cache_dir=cfg.cache_dir
+            image_shape=ds.image_shape,
+            latent_dim=cfg.feature_dim,
+            arch=cfg.encoder_arch,
+            cache_dir=cfg.cache_dir,
+            seed_bugs=cfg.seed_bugs,
         )
 
 
@@ -155,7 +161,7 @@ def build_classifier(cfg: RunConfig, ds: Dataset) -> nn.Module:
     with seeded_init(cfg.seed + 1):
         if not cfg.is_latent:  # raw, and public-only's exported model
             return ImageClassifier(image_shape=ds.image_shape, num_classes=ds.num_classes, arch=cfg.classifier_arch)
-        latent = LatentClassifier(latent_dim=cfg.feature_dim, num_classes=ds.num_classes)
+        latent = LatentClassifier(latent_dim=cfg.feature_dim, num_classes=ds.num_classes, seed_bugs=cfg.seed_bugs)
         if not cfg.release_aware_learner:
             return latent
         inner = latent if cfg.learner == "mlp" else nn.Linear(cfg.feature_dim, ds.num_classes)

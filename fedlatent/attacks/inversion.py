@@ -93,7 +93,9 @@ def shadow_encoder(
     for p in classifier.parameters():
         p.requires_grad_(False)
     with seeding.seeded(generator):
-        ae = Autoencoder(image_shape=view.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch)
+        ae = Autoencoder(
+            image_shape=view.image_shape, latent_dim=cfg.latent_dim, arch=cfg.ae_arch, seed_bugs=cfg.seed_bugs
+        )
 
     def loss_fn(_: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         z = ae.encoder(xb)

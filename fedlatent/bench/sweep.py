@@ -14,6 +14,9 @@ What: a sweep file has three tables::
     epsilon = [inf, 3.0]
     seed = [0, 1]
 
+``[[grid]]`` (an array of tables) declares several grids whose points are pooled, e.g. raw
+beside a latent mode crossed with a key raw does not read; a point two grids share runs once.
+
 ``points(spec)`` crosses the grid over the base and validates every point with
 ``RunConfig.from_run_config`` before anything runs. For every group of points that share a
 public split (``public_group``: the keys the public-only classifiers depend on) it adds one
@@ -47,11 +50,12 @@ TABLES = ("sweep", "base", "grid")
 SWEEP_KEYS = ("attacks", "families", "description")
 # Keys a public-only run does not read (it asks no client): points that differ only in these
 # share one public-only bar. The encoder is not among them: the bar always takes the better of
-# the image classifier and the public-encoder latent classifier (``baselines``).
+# the image classifier and the public-encoder latent classifier (``baselines``); seed-bugs is:
+# the bar is the best the public data alone gives, never a deliberately broken model.
 PRIVATE_KEYS = frozenset(
     "mode encoder epsilon delta partition alpha num-clients fraction-train max-grad-norm accountant latent-clip "
     "label-epsilon encoder-epsilon encoder-rounds client-dp-noise client-dp-clip server-epochs server-batch-size "
-    "server-lr server-learner client-threads out-dir cache-dir".split()
+    "server-lr server-learner seed-bugs client-threads out-dir cache-dir".split()
 )
 # Short names of common keys in point ids ("" = the value alone says it, e.g. a mode).
 _SHORT = {"mode": "", "dataset": "", "partition": "", "encoder": "", "epsilon": "eps", "seed": "s", "alpha": "a"}
@@ -77,7 +81,7 @@ class SweepSpec:
     """A parsed sweep file (see module docstring)."""
 
     base: dict[str, Any]
-    grid: dict[str, list[Any]]
+    grid: tuple[dict[str, list[Any]], ...]  # one grid per [grid] table ([[grid]]: several)
     attacks: str = ""
     families: tuple[str, ...] = FAMILIES
     description: str = ""
@@ -99,20 +103,23 @@ class SweepSpec:
         unknown = sorted(set(raw) - set(TABLES))
         if unknown:
             raise ConfigError(f"sweep file: unknown table(s) {', '.join(unknown)}; known: {', '.join(TABLES)}")
-        sweep, base, grid = (dict(raw.get(t, {})) for t in TABLES)
+        sweep, base = dict(raw.get("sweep", {})), dict(raw.get("base", {}))
+        grid_tables = raw.get("grid", {})
+        grids = tuple(dict(g) for g in (grid_tables if isinstance(grid_tables, (list, tuple)) else [grid_tables]))
         if bad := sorted(set(sweep) - set(SWEEP_KEYS)):
             raise ConfigError(f"sweep file [sweep]: unknown key(s) {', '.join(bad)}; known: {', '.join(SWEEP_KEYS)}")
         known = set(RunConfig.keys())
-        for table, keys in (("base", base), ("grid", grid)):
+        for table, keys in (("base", base), *(("grid", g) for g in grids)):
             if bad := sorted(set(keys) - known):
                 raise ConfigError(f"sweep file [{table}]: unknown run key(s) {', '.join(bad)}")
-        if "out-dir" in base or "out-dir" in grid:
-            raise ConfigError("sweep file: 'out-dir' is set by the sweep (one directory per point)")
-        for key, values in grid.items():
-            if not isinstance(values, list) or not values:
-                raise ConfigError(f"sweep file [grid]: '{key}' must be a non-empty list of values")
-        if both := sorted(set(base) & set(grid)):
-            raise ConfigError(f"sweep file: key(s) {', '.join(both)} are in both [base] and [grid]")
+            if "out-dir" in keys:
+                raise ConfigError("sweep file: 'out-dir' is set by the sweep (one directory per point)")
+        for grid in grids:
+            for key, values in grid.items():
+                if not isinstance(values, list) or not values:
+                    raise ConfigError(f"sweep file [grid]: '{key}' must be a non-empty list of values")
+            if both := sorted(set(base) & set(grid)):
+                raise ConfigError(f"sweep file: key(s) {', '.join(both)} are in both [base] and [grid]")
         attacks = str(sweep.get("attacks", ""))
         if attacks and attacks not in PRESET_NAMES:
             raise ConfigError(f"sweep file [sweep]: attacks = {attacks!r}; choose from {', '.join(PRESET_NAMES)}")
@@ -120,7 +127,7 @@ class SweepSpec:
         if bad := sorted(set(families) - set(FAMILIES)):
             raise ConfigError(f"sweep file [sweep]: unknown attack famil(ies) {', '.join(bad)}")
         desc = str(sweep.get("description", ""))
-        return cls(base=base, grid=grid, attacks=attacks, families=families, description=desc, source=source)
+        return cls(base=base, grid=grids, attacks=attacks, families=families, description=desc, source=source)
 
 
 def parse_axis(text: str) -> tuple[str, list[Any]]:
@@ -139,14 +146,15 @@ def parse_axis(text: str) -> tuple[str, list[Any]]:
 
 
 def with_axes(spec: SweepSpec, axes: list[tuple[str, list[Any]]]) -> SweepSpec:
-    """``spec`` with grid axes replaced (a cut of a large sweep from the command line), re-checked."""
-    grid = dict(spec.grid)
+    """``spec`` with grid axes replaced in every grid (a cut of a large sweep from the command line), re-checked."""
+    grids = [dict(g) for g in spec.grid]
     base = dict(spec.base)
     for key, values in axes:
         base.pop(key, None)
-        grid[key] = values
+        for grid in grids:
+            grid[key] = values
     raw = {"sweep": {"attacks": spec.attacks, "families": list(spec.families), "description": spec.description}}
-    return SweepSpec.from_mapping({**raw, "base": base, "grid": grid}, source=spec.source)
+    return SweepSpec.from_mapping({**raw, "base": base, "grid": grids}, source=spec.source)
 
 
 def _text(value: Any) -> str:
@@ -168,6 +176,18 @@ def point_id(overrides: dict[str, Any], shown: list[str]) -> str:
     return f"{slug}_{digest}" if slug else digest
 
 
+def _product(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [{**base, **dict(zip(keys, values, strict=True))} for values in itertools.product(*grid.values())]
+
+
+def _key_of(overrides: dict[str, Any]) -> str:
+    """The effective config as text: a key at its default value is the key left out."""
+    defaults = RunConfig.keys()
+    effective = {k: v for k, v in overrides.items() if _text(v) != _text(defaults.get(k, object()))}
+    return json.dumps(effective, sort_keys=True, default=_text)
+
+
 def public_group(overrides: dict[str, Any]) -> dict[str, Any]:
     """The public-only point of a point: its keys without those a public-only run ignores."""
     kept = {k: v for k, v in overrides.items() if k not in PRIVATE_KEYS}
@@ -176,21 +196,21 @@ def public_group(overrides: dict[str, Any]) -> dict[str, Any]:
 
 def points(spec: SweepSpec) -> list[Point]:
     """Every point of the sweep, public-only bars first, each validated (see module docstring)."""
-    keys = list(spec.grid)
-    federated: list[dict[str, Any]] = []
-    for values in itertools.product(*(spec.grid[k] for k in keys)):
-        overrides = {**spec.base, **dict(zip(keys, values, strict=True))}
-        if overrides.get("mode") != "public-only":
-            federated.append(overrides)
-    groups = {json.dumps(public_group(o), sort_keys=True, default=_text): public_group(o) for o in federated}
+    every: list[dict[str, Any]] = []
+    for grid in spec.grid:
+        if len(grid_points := _product(spec.base, grid)) != len({_key_of(o) for o in grid_points}):
+            raise ConfigError("sweep file: the grid repeats a point (a value listed twice?)")
+        every += [o for o in grid_points if _key_of(o) not in {_key_of(e) for e in every}]
+    federated = [o for o in every if o.get("mode") != "public-only"]
+    groups = {_key_of(public_group(o)): public_group(o) for o in federated}
     if not federated:  # a grid of public-only points only
         groups = {"": public_group(spec.base)}
-    shown = [k for k in keys if len(spec.grid[k]) > 1]
+    keys = list(dict.fromkeys(k for grid in spec.grid for k in grid))
+    shown = [k for k in keys if len({_text(o.get(k)) for o in every}) > 1]  # the keys that tell points apart
     bars = {g: point_id(o, shown) for g, o in groups.items()}
     out = [Point(bars[g], o, bars[g]) for g, o in groups.items()]
     for o in federated:
-        bar = bars[json.dumps(public_group(o), sort_keys=True, default=_text)]
-        out.append(Point(point_id(o, shown), o, bar))
+        out.append(Point(point_id(o, shown), o, bars[_key_of(public_group(o))]))
     for p in out:
         try:
             RunConfig.from_run_config({**p.overrides, "num-clients": p.overrides.get("num-clients", 1)})

@@ -6,10 +6,13 @@
 - ``LatentClassifier``: latent -> class logits.
 - ``ImageClassifier``: image -> class logits, for the raw baseline (MLP or small CNN).
 
-Two bugs of the seed's reference code are deliberately absent: the bottleneck is linear (a
+Two bugs of the seed's reference code are absent by default: the bottleneck is linear (a
 ReLU there kills latent dimensions) and logits are linear (a ReLU there clips negative
-logits and cripples the softmax). Only layers Opacus can compute per-sample gradients for
-are used (Linear, Conv2d, GroupNorm; no BatchNorm), so every model can be trained with DP-SGD.
+logits and cripples the softmax). ``seed_bugs=True`` puts both ReLUs back, only so that the
+seed's own experiment can be reproduced beside the fixed one (config key ``seed-bugs``); a
+ReLU has no weights, so the state_dict keys are the same either way.
+
+Only layers Opacus can compute per-sample gradients for are used (Linear, Conv2d, GroupNorm; no BatchNorm), so every model can be trained with DP-SGD.
 """
 
 from __future__ import annotations
@@ -42,7 +45,13 @@ class Encoder(nn.Module):
     """Image ``(B, C, H, W)`` -> latent ``(B, d)``; the last layer is linear (``scatternet``: fixed features)."""
 
     def __init__(
-        self, *, image_shape: tuple[int, int, int], latent_dim: int, arch: str = "mlp", cache_dir: str = ""
+        self,
+        *,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        arch: str = "mlp",
+        cache_dir: str = "",
+        seed_bugs: bool = False,
     ) -> None:
         super().__init__()
         c, h, w = image_shape
@@ -67,6 +76,8 @@ class Encoder(nn.Module):
             )
         else:
             raise ValueError(f"unknown autoencoder arch {arch!r}")
+        if seed_bugs and isinstance(self.net, nn.Sequential):  # not scatternet: nothing to train there
+            self.net.append(nn.ReLU())  # the seed's bug 1: a ReLU on the bottleneck
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.net(x)
@@ -101,10 +112,12 @@ class Decoder(nn.Module):
 class Autoencoder(nn.Module):
     """Encoder + decoder trained on reconstruction; keep ``.encoder``, drop the rest."""
 
-    def __init__(self, *, image_shape: tuple[int, int, int], latent_dim: int, arch: str = "mlp") -> None:
+    def __init__(
+        self, *, image_shape: tuple[int, int, int], latent_dim: int, arch: str = "mlp", seed_bugs: bool = False
+    ) -> None:
         super().__init__()
         self.image_shape = image_shape
-        self.encoder = Encoder(image_shape=image_shape, latent_dim=latent_dim, arch=arch)
+        self.encoder = Encoder(image_shape=image_shape, latent_dim=latent_dim, arch=arch, seed_bugs=seed_bugs)
         self.decoder = Decoder(image_shape=image_shape, latent_dim=latent_dim, arch=arch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -114,9 +127,13 @@ class Autoencoder(nn.Module):
 class LatentClassifier(nn.Module):
     """Latent ``(B, d)`` -> logits ``(B, K)``: an MLP with linear output."""
 
-    def __init__(self, *, latent_dim: int, num_classes: int, hidden: Sequence[int] = (256, 128)) -> None:
+    def __init__(
+        self, *, latent_dim: int, num_classes: int, hidden: Sequence[int] = (256, 128), seed_bugs: bool = False
+    ) -> None:
         super().__init__()
         self.net = _mlp((latent_dim, *hidden, num_classes))
+        if seed_bugs:  # the seed's bug 2: a ReLU on the logits
+            self.net.append(nn.ReLU())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.net(z)

@@ -82,7 +82,7 @@ def test_a_toml_file_with_inf_loads(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
     path.write_text('[sweep]\nattacks = "quick"\n[base]\ndataset = "digits"\n[grid]\nepsilon = [inf, 3.0]\n')
     spec = SweepSpec.load(path)
-    assert spec.grid["epsilon"][0] == math.inf and spec.attacks == "quick" and spec.source == str(path)
+    assert spec.grid[0]["epsilon"][0] == math.inf and spec.attacks == "quick" and spec.source == str(path)
     path.write_text("[grid\n")
     with pytest.raises(ConfigError, match="s.toml"):
         SweepSpec.load(path)
@@ -99,7 +99,7 @@ def test_a_grid_axis_can_be_cut_from_the_command_line() -> None:
     assert parse_axis("mode=raw,latent-share") == ("mode", ["raw", "latent-share"])
     assert parse_axis("public-labels=true") == ("public-labels", [True])
     cut = with_axes(SweepSpec.from_mapping(GRID), [("public-fraction", [0.01]), ("rounds", [1, 2])])
-    assert cut.grid["public-fraction"] == [0.01] and cut.grid["rounds"] == [1, 2] and "rounds" not in cut.base
+    assert cut.grid[0]["public-fraction"] == [0.01] and cut.grid[0]["rounds"] == [1, 2] and "rounds" not in cut.base
     with pytest.raises(ConfigError, match="KEY=V1"):
         parse_axis("epsilon")
 
@@ -110,3 +110,21 @@ def test_two_spellings_of_one_config_are_one_point() -> None:
     )
     implicit = points(SweepSpec.from_mapping({"grid": {"mode": ["raw"]}}))
     assert [p.id for p in explicit] == [p.id for p in implicit]
+
+
+def test_several_grids_pool_their_points_and_a_shared_point_runs_once(tmp_path: Path) -> None:
+    """``[[grid]]``: raw once, beside a latent mode crossed with a key raw does not read."""
+    path = tmp_path / "s.toml"
+    path.write_text(
+        '[base]\ndataset = "digits"\n'
+        '[[grid]]\nmode = ["raw"]\nseed = [0, 1]\n'
+        '[[grid]]\nmode = ["latent-fedavg"]\nseed-bugs = [false, true]\nseed = [0, 1]\n'
+        '[[grid]]\nmode = ["raw"]\nseed = [1]\n'  # repeats a raw point of the first grid
+    )
+    found = points(SweepSpec.load(path))
+    federated = [p for p in found if not p.is_public_only]
+    assert len(federated) == 2 + 4 and len({p.id for p in found}) == len(found)
+    assert sum(p.overrides["mode"] == "raw" for p in federated) == 2
+    assert all("seed-bugs" not in p.overrides for p in federated if p.overrides["mode"] == "raw")
+    assert {p.public_only for p in federated} == {p.id for p in found if p.is_public_only}
+    assert all(p.id.startswith(("raw_", "latent-fedavg_")) for p in federated)  # mode tells them apart

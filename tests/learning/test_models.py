@@ -168,3 +168,20 @@ def test_dp_fit_step_is_the_mean_of_clipped_per_record_gradients(name, monkeypat
     assert (steps, rate) == (1, 1.0)  # one step over every record
     for k, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), expected[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", AE_ARCHS)
+def test_seed_bugs_put_the_seeds_two_relus_back_and_keep_the_weight_keys(arch):
+    """``seed-bugs`` reproduces the seed: no negative latent or logit, same state_dict (weights load)."""
+    fixed = Autoencoder(image_shape=(1, 28, 28), latent_dim=D, arch=arch)
+    buggy = Autoencoder(image_shape=(1, 28, 28), latent_dim=D, arch=arch, seed_bugs=True)
+    buggy.load_state_dict(fixed.state_dict())  # strict: the keys are the same
+    x = torch.rand(32, 1, 28, 28)
+    z_fixed, z_buggy = fixed.encoder(x), buggy.encoder(x)
+    assert (z_fixed < 0).any() and (z_buggy >= 0).all()
+    assert torch.equal(z_buggy, z_fixed.clamp(min=0))
+    head = LatentClassifier(latent_dim=D, num_classes=10)
+    bad = LatentClassifier(latent_dim=D, num_classes=10, seed_bugs=True)
+    bad.load_state_dict(head.state_dict())
+    z = torch.randn(16, D)
+    assert torch.equal(bad(z), head(z).clamp(min=0))

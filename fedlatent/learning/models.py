@@ -12,7 +12,8 @@ logits and cripples the softmax). ``seed_bugs=True`` puts both ReLUs back, only 
 seed's own experiment can be reproduced beside the fixed one (config key ``seed-bugs``); a
 ReLU has no weights, so the state_dict keys are the same either way.
 
-Only layers Opacus can compute per-sample gradients for are used (Linear, Conv2d, GroupNorm; no BatchNorm), so every model can be trained with DP-SGD.
+Only layers Opacus can compute per-sample gradients for are used (Linear, Conv2d, GroupNorm;
+no BatchNorm), so every model can be trained with DP-SGD.
 """
 
 from __future__ import annotations

@@ -75,7 +75,10 @@ class AttackerView:
         if self.encoder_state is None:
             return None
         enc = Encoder(
-            image_shape=self.image_shape, latent_dim=self.cfg.feature_dim, arch=self.cfg.encoder_arch, cache_dir="",
+            image_shape=self.image_shape,
+            latent_dim=self.cfg.feature_dim,
+            arch=self.cfg.encoder_arch,
+            cache_dir="",
             seed_bugs=self.cfg.seed_bugs,
         )
         enc.load_state_dict({k: torch.from_numpy(v) for k, v in self.encoder_state.items()})

@@ -89,9 +89,7 @@ class RunConfig:
         0.0, _at_least(0.0), "public encoder: weight of a loss on the public labels (0 = reconstruction only)"
     )
     encoder_rounds: int = _key(3, _at_least(1), "FedAvg rounds of the federated encoder")
-    seed_bugs: bool = _key(
-        False, None, "reproduce the seed's two bugs (ReLU on the bottleneck and on the logits); comparison only"
-    )
+    seed_bugs: bool = _key(False, None, "the seed's two bugs: ReLU on bottleneck and logits (comparison only)")
     classifier_arch: str = _key("mlp", _choice(CLASSIFIER_ARCHS), "raw classifier: mlp | cnn")
     local_epochs: int = _key(5, _at_least(1), "client epochs per round")
     batch_size: int = _key(32, _at_least(1), "minibatch size")
@@ -105,6 +103,9 @@ class RunConfig:
         "auto", _choice(SERVER_LEARNERS), "latent-share: auto (lda under DP, else mlp) | mlp | class-mean | lda"
     )
     fraction_train: float = _key(1.0, _unit, "share of clients sampled per round")
+    min_clients: int = _key(0, _at_least(0), "floor of valid replies a round needs (0 = half the sampled, rounded up)")
+    round_timeout: float = _key(3600.0, _positive, "seconds a round waits for replies; silent nodes are left out")
+    fail_fraction: float = _key(0.0, _fraction, "fault injection (tests only): share of clients crashing per round")
     epsilon: float = _key(math.inf, _budget, "record-level DP budget of each client for the run (inf = no DP)")
     delta: float = _key(1e-5, _probability, "DP delta (keep below 1/records of a client)")
     max_grad_norm: float = _key(1.0, _positive, "DP-SGD per-sample gradient clip")

@@ -53,7 +53,8 @@ SWEEP_KEYS = ("attacks", "families", "description")
 # the image classifier and the public-encoder latent classifier (``baselines``); seed-bugs is:
 # the bar is the best the public data alone gives, never a deliberately broken model.
 PRIVATE_KEYS = frozenset(
-    "mode encoder epsilon delta partition alpha num-clients fraction-train max-grad-norm accountant latent-clip "
+    "mode encoder epsilon delta partition alpha num-clients fraction-train min-clients round-timeout fail-fraction "
+    "max-grad-norm accountant latent-clip "
     "label-epsilon encoder-epsilon encoder-rounds client-dp-noise client-dp-clip server-epochs server-batch-size "
     "server-lr server-learner seed-bugs client-threads out-dir cache-dir".split()
 )

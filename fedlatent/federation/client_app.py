@@ -21,6 +21,7 @@ In the latent modes no handler ever puts an image into a reply.
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -77,6 +78,8 @@ def train(msg: Message, context: Context) -> Message:
     config = P.config_of(msg)
     x, y = plan.client(pid)
     rnd = int(config.get("server-round", 0))  # type: ignore[arg-type]
+    if cfg.fail_fraction and random.Random(f"{cfg.seed}:{pid}:{rnd}:fail").random() < cfg.fail_fraction:
+        raise RuntimeError(f"fault injection (fail-fraction={cfg.fail_fraction}): partition {pid} crashes round {rnd}")
     model: torch.nn.Module
     if config.get("phase") == P.PHASE_ENCODER:
         ae = P.load_arrays(build_autoencoder(cfg, plan.dataset), P.arrays(msg.content))
@@ -139,6 +142,13 @@ def evaluate_(msg: Message, context: Context) -> Message:
     inputs = encode(_encoder(context, cfg, plan), x) if cfg.is_latent else x
     loss, acc = evaluate(model, inputs, y)
     return P.reply(msg, metrics={"num-examples": len(x), "loss": loss, "accuracy": acc, "partition-id": pid})
+
+
+@app.query("identify")
+def identify(msg: Message, context: Context) -> Message:
+    """Say which partition this node holds (the server's seeded sampling draws partitions)."""
+    _, plan, pid = _setup(context)
+    return P.reply(msg, metrics={"num-examples": len(plan.client_idx[pid]), "partition-id": pid})
 
 
 @app.query("set_encoder")

@@ -12,20 +12,15 @@
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 
-from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
-from fedlatent.federation.report import RunRecord
-from fedlatent.federation.server_view import ServerView
-from fedlatent.federation.strategy import ClientLevelDP, RecordingFedAvg, Traffic, accept
+from fedlatent.federation.context import RunContext, broadcast, client_floor
+from fedlatent.federation.strategy import ClientLevelDP, RecordingFedAvg, RoundFailed
 from fedlatent.learning.models import Encoder
 from fedlatent.learning.progress import Progress
 from fedlatent.learning.seeding import generator
@@ -44,57 +39,6 @@ from fedlatent.privacy.learners import fit_server_learner
 log = logging.getLogger("fedlatent")
 
 
-@dataclass(frozen=True, eq=False)
-class RunContext:
-    """What every phase of one run needs: Flower's grid and nodes, the config and plan, the recorders."""
-
-    grid: Grid
-    nodes: list[int]
-    cfg: RunConfig
-    plan: DataPlan
-    view: ServerView
-    traffic: Traffic
-    record: RunRecord
-
-
-def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0, settle: float = 3.0) -> list[int]:
-    """Block until ``n`` SuperNodes are connected (``n = 0``: all, once their count settles)."""
-    deadline = time.time() + timeout
-    seen, since = -1, time.time()
-    while True:
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) != seen:
-            seen, since = len(nodes), time.time()
-        if (n and len(nodes) >= n) or (not n and nodes and time.time() - since >= settle):
-            return nodes[:n] if n else nodes
-        if time.time() > deadline:
-            raise TimeoutError(f"only {len(nodes)} of num-clients={n} SuperNodes connected in {timeout:.0f}s")
-        time.sleep(0.5)
-
-
-def broadcast(run: RunContext, message_type: str, content: RecordDict, *, poll: float = 0.5) -> list[Message]:
-    """Send one body to every node of the run and return their replies, logging progress.
-
-    Flower's ``send_and_receive`` does the same silently (and polls every 3 s); with 1,000
-    clients a broadcast takes minutes, so the replies are pulled here and counted as they come.
-    """
-    name = message_type.removeprefix("query.")
-    messages = (Message(content=content, message_type=message_type, dst_node_id=n) for n in run.nodes)
-    replies: list[Message] = []
-    with run.record.timed(name):
-        pending = set(run.grid.push_messages(run.traffic.sent(messages)))
-        progress = Progress(name, len(pending), unit="replies", after=10)
-        while pending:
-            pulled = list(run.grid.pull_messages(pending))
-            replies += pulled
-            pending -= {m.metadata.reply_to_message_id for m in pulled}
-            if pulled:
-                progress(len(replies))
-            if pending:
-                time.sleep(poll)
-    return replies
-
-
 def recording_fedavg(
     run: RunContext, *, phase: str, model: torch.nn.Module, federated_evaluation: bool = False, uniform: bool = False
 ) -> RecordingFedAvg:
@@ -106,9 +50,10 @@ def recording_fedavg(
     return RecordingFedAvg(
         phase=phase,
         shapes=P.shapes_of(model),
-        view=run.view,
-        traffic=run.traffic,
+        inbox=run.inbox,
         num_clients=cfg.num_clients,
+        seed=cfg.seed,
+        min_clients=client_floor(cfg, max(1, round(cfg.fraction_train * cfg.num_clients))),
         fraction_train=cfg.fraction_train,
         federated_evaluation=federated_evaluation,
         privacy=run.record.privacy,  # a DP encoder's rounds are in each client's ledger too
@@ -118,10 +63,10 @@ def recording_fedavg(
 
 def encoder_phase(run: RunContext) -> Encoder | None:
     """Make the encoder; return it when the server holds one (``local``: None)."""
-    cfg, plan, view = run.cfg, run.plan, run.view
+    cfg, plan = run.cfg, run.plan
     if cfg.encoder == "local":
         replies = broadcast(run, P.Q_LOCAL_ENCODER, RecordDict({P.CONFIG: ConfigRecord()}))
-        ok = [accept(m, phase="local-encoder", rnd=0, view=view, traffic=run.traffic) for m in replies]
+        ok = [run.inbox.accept(m, phase="local-encoder", rnd=0) for m in replies]
         log.info("local encoders trained on %d of %d clients", sum(p is not None for p in ok), len(run.nodes))
         return None
     if cfg.encoder == "scatternet":  # data-free: nothing to train, every party could build it
@@ -149,7 +94,7 @@ def _distribute(run: RunContext, encoder: Encoder) -> Encoder:
     view.encoder(encoder_arrays, arch=arch)
     if cfg.mode != "latent-share":  # latent-share sends it with its one query instead (share_phase)
         for m in broadcast(run, P.Q_SET_ENCODER, RecordDict({P.ARRAYS: encoder_arrays})):
-            accept(m, phase="set-encoder", rnd=0, view=view, traffic=run.traffic)
+            run.inbox.accept(m, phase="set-encoder", rnd=0)
     return encoder
 
 
@@ -204,23 +149,15 @@ def collect_latents(run: RunContext, encoder: Encoder | None) -> tuple[torch.Ten
     if encoder is not None:
         content[P.ARRAYS] = P.module_to_arrays(encoder)
     for msg in broadcast(run, P.Q_SHARE_LATENTS, content):
-        pid = accept(msg, phase="share-latents", rnd=0, view=view, traffic=run.traffic)
-        if pid is None:
+        checked = run.inbox.accept(msg, phase="share-latents", rnd=0)
+        if checked is None or run.record.privacy.note(msg, pid=checked[0], phase="share-latents", rnd=0):
             continue
-        try:
-            if run.record.privacy.note(msg, pid=pid, phase="share-latents", rnd=0):
-                continue
-            z, y = P.unpack_latents(
-                P.arrays(msg.content, P.LATENTS), latent_dim=cfg.feature_dim, num_classes=run.plan.dataset.num_classes
-            )
-        except (P.PayloadError, KeyError) as err:
-            log.warning("rejected latents of partition %s: %s", pid, err)
-            view.rejected("share-latents", 0, msg.metadata.src_node_id, str(err))
-            continue
-        view.latents(pid, z, y)
-        pooled[pid] = (torch.from_numpy(z), torch.from_numpy(y))
-    if not pooled:
-        raise RuntimeError("no client shared valid latents; nothing to train on")
+        pid, arrays = checked
+        view.latents(pid, arrays["latents"], arrays["labels"])
+        pooled[pid] = (torch.from_numpy(arrays["latents"]), torch.from_numpy(arrays["labels"]))
+    floor = client_floor(cfg, len(run.nodes))
+    if len(pooled) < floor:
+        raise RoundFailed(f"share-latents: {len(pooled)} client(s) shared valid latents, below min-clients={floor}")
     parts = [pooled[pid] for pid in sorted(pooled)]
     return torch.cat([z for z, _ in parts]), torch.cat([y for _, y in parts]), len(parts)
 
@@ -276,9 +213,9 @@ def federated_evaluation(run: RunContext, model: torch.nn.Module, rnd: int) -> d
     content = RecordDict({P.ARRAYS: P.module_to_arrays(model), P.CONFIG: ConfigRecord()})
     accs: dict[int, float] = {}
     for msg in broadcast(run, "evaluate", content):
-        pid = accept(msg, phase="evaluate", rnd=rnd, view=run.view, traffic=run.traffic)
-        if pid is not None:
-            accs[pid] = P.metric(msg.content, "accuracy")
+        checked = run.inbox.accept(msg, phase="final-evaluate", rnd=rnd)
+        if checked is not None:
+            accs[checked[0]] = P.metric(msg.content, "accuracy")
     if not accs:
         raise RuntimeError("no client returned an evaluation")
     return accs

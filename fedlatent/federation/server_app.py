@@ -20,15 +20,8 @@ from flwr.serverapp import Grid, ServerApp
 from fedlatent.baselines import train_public_only
 from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
-from fedlatent.federation.phases import (
-    RunContext,
-    central_accuracy,
-    encoder_phase,
-    fedavg_phase,
-    federated_evaluation,
-    share_phase,
-    wait_for_nodes,
-)
+from fedlatent.federation.context import RunContext, identify, make_contract, wait_for_nodes
+from fedlatent.federation.phases import central_accuracy, encoder_phase, fedavg_phase, federated_evaluation, share_phase
 from fedlatent.federation.report import RunRecord
 from fedlatent.federation.rundir import mark_failed, run_directory
 from fedlatent.federation.server_view import ServerView
@@ -66,7 +59,11 @@ def _run(grid: Grid, cfg: RunConfig, nodes: list[int], out: Path, start: float) 
     record = RunRecord(cfg=cfg, out=out, plan=plan)
     view = ServerView(out / "server_view", settings=jsonable(cfg.to_run_config()))
     view.public_index(plan.public_idx)
-    run = RunContext(grid=grid, nodes=nodes, cfg=cfg, plan=plan, view=view, traffic=Traffic(), record=record)
+    contract = make_contract(cfg, plan)
+    run = RunContext(grid=grid, nodes=nodes, cfg=cfg, plan=plan, view=view, traffic=Traffic(), record=record,
+                     contract=contract)  # fmt: skip
+    if cfg.fraction_train < 1 and cfg.mode != "public-only":
+        identify(run)  # seeded sampling draws partitions: the node -> partition binding first
 
     if cfg.mode == "public-only":  # the bar every federation must beat: no client is asked anything
         with record.timed("public-only"):

@@ -9,11 +9,13 @@ every accepted upload is written to the server view, and bytes are counted both 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
@@ -68,64 +70,109 @@ class ClientEval:
     rounds: dict[int, dict[int, float]] = field(default_factory=dict)
 
 
-def accept(msg: Message, *, phase: str, rnd: int, view: ServerView, traffic: Traffic) -> int | None:
-    """Common checks on any reply; return its partition id, or None if rejected."""
-    node = msg.metadata.src_node_id
-    if msg.has_error():
-        reason = f"client error: {msg.error.reason}"
-    else:
-        traffic.up += P.payload_bytes(msg.content)
+@dataclass(frozen=True)
+class Inbox:
+    """Where every reply of a run goes through: the contract, the server view, the byte count."""
+
+    contract: P.Contract
+    view: ServerView
+    traffic: Traffic
+
+    def accept(
+        self, msg: Message, *, phase: str, rnd: int, weights: Mapping[str, tuple[int, ...]] | None = None
+    ) -> tuple[int, dict[str, np.ndarray]] | None:
+        """Check one reply completely (``Contract.check``); ``(partition id, arrays)``, or None if rejected.
+
+        Nothing a reply holds can raise out of here: any failure is a logged, counted rejection.
+        """
+        node = msg.metadata.src_node_id
         try:
-            P.num_examples(msg.content)
-            pid = int(P.metric(msg.content, "partition-id"))
-            view.metrics(phase, rnd, node, dict(msg.content.metric_records[P.METRICS]))
-            return pid
-        except (P.PayloadError, KeyError, TypeError, ValueError) as err:
-            reason = str(err)
-    log.warning("rejected %s reply from node %s in round %s: %s", phase, node, rnd, reason)
-    view.rejected(phase, rnd, node, reason)
-    return None
+            if not msg.has_error():
+                self.traffic.up += P.payload_bytes(msg.content)
+            pid, arrays = self.contract.check(msg, phase=phase, rnd=rnd, weights=weights)
+        except Exception as err:  # noqa: BLE001 - a hostile reply must never end the run
+            reason = P.plain_text(err) if isinstance(err, P.PayloadError) else f"malformed reply: {P.plain_text(err)}"
+            log.warning("rejected %s reply from node %s in round %s: %s", phase, node, rnd, reason)
+            self.view.rejected(phase, rnd, node, reason)
+            return None
+        self.view.metrics(phase, rnd, node, dict(msg.content.metric_records[P.METRICS]))
+        return pid, arrays
+
+
+class RoundFailed(RuntimeError):
+    """Fewer clients than the run's floor (``min-clients``) took part in a round: the run stops here."""
 
 
 class RecordingFedAvg(FedAvg):
-    """Flower's FedAvg plus reply checks, server-view recording and byte counting."""
+    """Flower's FedAvg plus complete reply checks, seeded sampling, a floor, recording and byte counting.
+
+    Sampling is fedlatent's, not Flower's (``sample_nodes`` waits forever for ``min_available_nodes``
+    and draws with the unseeded global ``random``): the live nodes, ordered by the partition each
+    is bound to, are drawn with a generator seeded from the run seed, phase and round; below
+    ``min_clients`` live or valid clients the round raises ``RoundFailed`` instead of hanging.
+    """
 
     def __init__(
         self,
         *,
         phase: str,
         shapes: Mapping[str, tuple[int, ...]],
-        view: ServerView,
-        traffic: Traffic,
+        inbox: Inbox,
         num_clients: int,
+        seed: int = 0,
+        min_clients: int = 1,
         fraction_train: float = 1.0,
         federated_evaluation: bool = False,
         privacy: PrivacyLog | None = None,
         weighted_by_key: str = "num-examples",
     ) -> None:
+        sample = max(1, round(fraction_train * num_clients))
         super().__init__(
             weighted_by_key=weighted_by_key,
             fraction_train=fraction_train,
             fraction_evaluate=1.0 if federated_evaluation else 0.0,
-            min_train_nodes=max(1, round(fraction_train * num_clients)),
-            min_evaluate_nodes=num_clients,
-            min_available_nodes=num_clients,
+            min_train_nodes=sample,
+            min_evaluate_nodes=1,
+            min_available_nodes=1,
         )
-        self.phase, self.shapes, self.view, self.traffic = phase, dict(shapes), view, traffic
+        self.phase, self.shapes, self.inbox, self.seed = phase, dict(shapes), inbox, seed
+        self.min_clients = min(max(1, min_clients), sample)
         self.client_eval = ClientEval()
         self.screened = False  # True while a wrapper hands over replies it has screened already
         self.privacy = privacy if privacy is not None else PrivacyLog()
         self.round_seconds: dict[int, float] = {}  # from sending a round's messages to its aggregate
         self._round_start: dict[int, float] = {}
+        self._sampled: dict[int, list[int]] = {}
+
+    def sample(self, nodes: Iterable[int], server_round: int) -> list[int]:
+        """The nodes of a training round: all of them, or a seeded draw of ``min_train_nodes``."""
+        contract = self.inbox.contract
+
+        def rank(node: int) -> tuple[int, int]:
+            pid = contract.partition_of(node)
+            return (0, pid) if pid is not None else (1, node)  # unbound nodes last (ids differ per run)
+
+        ordered = sorted(nodes, key=rank)
+        if self.fraction_train >= 1.0 or len(ordered) <= self.min_train_nodes:
+            return ordered
+        rng = random.Random(f"{self.seed}:{self.phase}:{server_round}")
+        return sorted(rng.sample(ordered, self.min_train_nodes), key=rank)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """FedAvg's messages, tagged with the phase, recorded and counted."""
-        config["phase"] = self.phase
+        """One train message per sampled live node, tagged with the phase, recorded and counted."""
+        chosen = self.sample(grid.get_node_ids(), server_round)
+        if len(chosen) < self.min_clients:
+            raise RoundFailed(
+                f"{self.phase} round {server_round}: {len(chosen)} live node(s), below min-clients={self.min_clients}"
+            )
+        config["phase"], config["server-round"] = self.phase, server_round
         self._round_start[server_round] = time.monotonic()
-        self.view.sent(self.phase, server_round, arrays)
-        return self.traffic.sent(super().configure_train(server_round, arrays, config, grid))
+        self._sampled[server_round] = chosen
+        self.inbox.view.sent(self.phase, server_round, arrays)
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self.inbox.traffic.sent(self._construct_messages(record, chosen, MessageType.TRAIN))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -142,44 +189,51 @@ class RecordingFedAvg(FedAvg):
                 self.round_seconds[server_round] = time.monotonic() - self._round_start[server_round]
 
     def screen(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
-        """The replies that pass the checks; each one is recorded, each rejection logged."""
-        accepted = []
+        """The replies that pass the contract; each one is recorded, each rejection logged.
+
+        Raises ``RoundFailed`` when fewer than ``min_clients`` sampled clients answered validly
+        (a budget refusal counts as an answer: the client is alive and keeps its promise).
+        """
+        replies = list(replies)
+        accepted, refused = [], 0
         for msg in replies:
-            pid = accept(msg, phase=self.phase, rnd=server_round, view=self.view, traffic=self.traffic)
-            if pid is None:
+            checked = self.inbox.accept(msg, phase=self.phase, rnd=server_round, weights=self.shapes)
+            if checked is None:
                 continue
-            try:
-                if self.privacy.note(msg, pid=pid, phase=self.phase, rnd=server_round):
-                    continue
-                P.check_arrays(P.arrays(msg.content), self.shapes)
-            except (P.PayloadError, KeyError, TypeError) as err:
-                log.warning("rejected %s update of partition %s: %s", self.phase, pid, err)
-                self.view.rejected(self.phase, server_round, msg.metadata.src_node_id, str(err))
+            pid, _ = checked
+            if self.privacy.note(msg, pid=pid, phase=self.phase, rnd=server_round):
+                refused += 1
                 continue
-            self.view.received(self.phase, server_round, pid, P.arrays(msg.content))
+            self.inbox.view.received(self.phase, server_round, pid, P.arrays(msg.content))
             accepted.append(msg)
+        answered = {m.metadata.src_node_id for m in replies}
+        if silent := [n for n in self._sampled.get(server_round, []) if n not in answered]:
+            log.warning("%s round %s: no reply from node(s) %s in the round timeout", self.phase, server_round, silent)
+        if len(accepted) + refused < self.min_clients:
+            raise RoundFailed(
+                f"{self.phase} round {server_round}: {len(accepted)} valid update(s) and {refused} refusal(s) "
+                f"of {len(self._sampled.get(server_round, replies))} sampled, below min-clients={self.min_clients}"
+            )
         return accepted
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """FedAvg's evaluate messages, counted."""
-        return self.traffic.sent(super().configure_evaluate(server_round, arrays, config, grid))
+        """Evaluate messages to every live node (federated evaluation only), counted."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        nodes = sorted(grid.get_node_ids())
+        return self.inbox.traffic.sent(self._construct_messages(record, nodes, MessageType.EVALUATE))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Mean of the valid clients' metrics; keep every client's accuracy."""
         accepted = []
         for msg in replies:
-            pid = accept(msg, phase="evaluate", rnd=server_round, view=self.view, traffic=self.traffic)
-            if pid is None:
-                continue
-            try:
-                self.client_eval.rounds.setdefault(server_round, {})[pid] = P.metric(msg.content, "accuracy")
-            except P.PayloadError as err:
-                log.warning("rejected evaluation of partition %s: %s", pid, err)
-                self.view.rejected("evaluate", server_round, msg.metadata.src_node_id, str(err))
-                continue
-            accepted.append(msg)
+            checked = self.inbox.accept(msg, phase="evaluate", rnd=server_round)
+            if checked is not None:
+                self.client_eval.rounds.setdefault(server_round, {})[checked[0]] = P.metric(msg.content, "accuracy")
+                accepted.append(msg)
         return super().aggregate_evaluate(server_round, accepted) if accepted else None
 
 

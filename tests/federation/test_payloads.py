@@ -28,10 +28,6 @@ def numpy_state(m: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
 
 
-def latent_record(latents, labels, **extra) -> ArrayRecord:
-    return record_of({"latents": np.asarray(latents), "labels": np.asarray(labels), **extra})
-
-
 # --- weights -------------------------------------------------------------------------------
 
 
@@ -112,103 +108,11 @@ def test_check_arrays_rejects_non_record():
         P.check_arrays(ConfigRecord({"a": 1}), {"a": ()})  # type: ignore[arg-type]
 
 
-# --- latents -------------------------------------------------------------------------------
-
-
-def test_latents_round_trip():
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(6, D))  # float64 in, float32 out
-    y = np.array([0, 1, 2, 9, 3, 3], dtype=np.int32)
-    record = P.pack_latents(z, y)
-    assert record["latents"].numpy().dtype == np.float32
-    assert record["labels"].numpy().dtype == np.int64
-    z2, y2 = P.unpack_latents(record, latent_dim=D, num_classes=K)
-    assert z2.dtype == np.float32 and y2.dtype == np.int64
-    np.testing.assert_array_equal(z2, z.astype(np.float32))
-    np.testing.assert_array_equal(y2, y)
-
-
-GOOD_Z = np.zeros((3, D), np.float32)
-GOOD_Y = np.array([0, 1, 2], np.int64)
-
-
-@pytest.mark.parametrize(
-    "record, match",
-    [
-        (latent_record(np.zeros((3, D + 1), np.float32), GOOD_Y), "shape"),
-        (latent_record(GOOD_Z, np.array([0, 1], np.int64)), "labels have shape"),
-        (latent_record(GOOD_Z, np.zeros((3, 1), np.int64)), "labels have shape"),
-        (latent_record(np.zeros((0, D), np.float32), np.zeros(0, np.int64)), "empty"),
-        (latent_record(np.where(np.eye(3, D) > 0, np.nan, 0).astype(np.float32), GOOD_Y), "finite"),
-        (latent_record(np.full((3, D), np.inf, np.float32), GOOD_Y), "finite"),
-        (latent_record(np.full((3, D), 1e300), GOOD_Y), "finite"),  # overflows float32
-        (latent_record(np.zeros((3, D), np.int64), GOOD_Y), "finite floats"),
-        (latent_record(GOOD_Z, np.array([0, 1, K], np.int64)), "labels"),
-        (latent_record(GOOD_Z, np.array([0, -1, 2], np.int64)), "labels"),
-        (latent_record(GOOD_Z, np.array([0.0, 1.0, 2.0], np.float32)), "labels"),
-        (latent_record(GOOD_Z, GOOD_Y, images=np.zeros((3, 1, 8, 8), np.float32)), "exactly"),
-        (record_of({"latents": GOOD_Z}), "exactly"),
-        (latent_record(np.zeros((3, 1, 8, 8), np.float32), GOOD_Y), "shape"),
-        (latent_record(np.zeros((3, D * 16), np.float32), GOOD_Y), "shape"),
-    ],
-    ids=[
-        "wrong-dim",
-        "label-length",
-        "label-2d",
-        "empty",
-        "nan",
-        "inf",
-        "float32-overflow",
-        "int-latents",
-        "label-too-big",
-        "label-negative",
-        "float-labels",
-        "extra-key",
-        "missing-key",
-        "image-shaped",
-        "flattened-image",
-    ],
-)
-def test_unpack_latents_rejects(record, match):
-    with pytest.raises(P.PayloadError, match=match):
-        P.unpack_latents(record, latent_dim=D, num_classes=K)
-
-
-def test_unpack_latents_rejects_non_record():
-    with pytest.raises(P.PayloadError):
-        P.unpack_latents(ConfigRecord({"latents": 1}), latent_dim=D, num_classes=K)  # type: ignore[arg-type]
-
-
-# --- metrics, bytes, replies ---------------------------------------------------------------
+# --- bytes, replies (the checks of replies: test_contract.py) -----------------------------
 
 
 def metrics(**values) -> RecordDict:
     return RecordDict({P.METRICS: MetricRecord(values)})
-
-
-@pytest.mark.parametrize("value, expected", [(7, 7), (7.0, 7), (1, 1)])
-def test_num_examples_accepts(value, expected):
-    n = P.num_examples(metrics(**{"num-examples": value, "loss": 0.1}))
-    assert n == expected and type(n) is int
-
-
-@pytest.mark.parametrize(
-    "content",
-    [
-        RecordDict(),
-        metrics(loss=0.1),
-        metrics(**{"num-examples": 0}),
-        metrics(**{"num-examples": -3}),
-        metrics(**{"num-examples": 2.5}),
-        metrics(**{"num-examples": float("nan")}),
-        metrics(**{"num-examples": float("inf")}),
-        metrics(**{"num-examples": [1, 2]}),
-    ],
-    ids=["no-metrics", "missing", "zero", "negative", "fraction", "nan", "inf", "list"],
-)
-def test_num_examples_rejects(content):
-    with pytest.raises(P.PayloadError, match="num-examples"):
-        P.num_examples(content)
 
 
 def array_content(n: int) -> RecordDict:
@@ -250,7 +154,7 @@ def test_reply_holds_metrics_and_arrays():
     m = model(0)
     out = P.reply(msg, metrics={"num-examples": 12, "loss": 0.25}, arrays={P.ARRAYS: P.module_to_arrays(m)})
     assert dict(out.content[P.METRICS]) == {"num-examples": 12, "loss": 0.25}
-    assert P.num_examples(out.content) == 12
+    assert P.metric(out.content, "num-examples") == 12
     P.check_arrays(out.content[P.ARRAYS], P.shapes_of(m))
     assert out.metadata.reply_to_message_id == "msg-1"
     assert out.metadata.message_type == "train"

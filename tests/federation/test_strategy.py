@@ -2,46 +2,21 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
-from flwr.app.metadata import Metadata
+from flwr.app import ArrayRecord, Error, MetricRecord, RecordDict
 
 from fedlatent.federation import payloads as P
 from fedlatent.federation.server_view import ServerView, load_server_view
-from fedlatent.federation.strategy import RecordingFedAvg, Traffic
-
-
-def reply_from(node: int, content: RecordDict | None = None, error: Error | None = None) -> Message:
-    meta = Metadata(
-        run_id=1,
-        message_id=f"m{node}",
-        src_node_id=node,
-        dst_node_id=0,
-        reply_to_message_id="x",
-        group_id="1",
-        created_at=time.time(),
-        ttl=60.0,
-        message_type="train",
-    )
-    if error is not None:
-        return Message(error=error, metadata=meta)
-    return Message(content=content, metadata=meta)
-
-
-def update(weight: np.ndarray, *, pid: int, n: int | float = 10) -> RecordDict:
-    arrays = ArrayRecord({"weight": torch.from_numpy(weight), "bias": torch.zeros(2)})
-    return RecordDict({P.ARRAYS: arrays, P.METRICS: MetricRecord({"num-examples": n, "partition-id": pid})})
+from fedlatent.federation.strategy import Inbox, RecordingFedAvg, RoundFailed, Traffic
+from tests.federation.replies import SHAPES, contract, evaluation, reply_from, update
 
 
 @pytest.fixture
 def strategy(tmp_path):
-    view = ServerView(tmp_path / "view", settings={})
-    shapes = {"weight": (2, 3), "bias": (2,)}
-    return RecordingFedAvg(phase="classifier", shapes=shapes, view=view, traffic=Traffic(), num_clients=6)
+    inbox = Inbox(contract(), ServerView(tmp_path / "view", settings={}), Traffic())
+    return RecordingFedAvg(phase="classifier", shapes=SHAPES, inbox=inbox, num_clients=6, min_clients=1)
 
 
 def test_only_valid_updates_are_aggregated_and_recorded(strategy, tmp_path) -> None:
@@ -50,8 +25,8 @@ def test_only_valid_updates_are_aggregated_and_recorded(strategy, tmp_path) -> N
     nan = good_a.copy()
     nan[0, 0] = np.nan
     replies = [
-        reply_from(1, update(good_a, pid=0, n=10)),
-        reply_from(2, update(good_b, pid=1, n=30)),
+        reply_from(1, update(good_a, pid=0)),  # 10 records
+        reply_from(2, update(good_b, pid=1)),  # 30 records
         reply_from(3, update(nan, pid=2)),  # NaN weights
         reply_from(4, update(np.ones((3, 3), np.float32), pid=3)),  # wrong shape
         reply_from(5, error=Error(code=1, reason="client crashed")),  # failed client
@@ -60,7 +35,7 @@ def test_only_valid_updates_are_aggregated_and_recorded(strategy, tmp_path) -> N
     arrays, _ = strategy.aggregate_train(1, replies)
     # Weighted mean of the two valid updates only: (1*10 + 3*30) / 40 = 2.5.
     np.testing.assert_allclose(arrays["weight"].numpy(), 2.5)
-    strategy.view.close()
+    strategy.inbox.view.close()
     view = load_server_view(tmp_path / "view")
     assert {k for k in view if k.startswith("received/")} == {
         "received/classifier-r001-p000.npz",
@@ -69,22 +44,36 @@ def test_only_valid_updates_are_aggregated_and_recorded(strategy, tmp_path) -> N
     rejected = {r["node_id"]: r["reason"] for r in view["manifest"]["rejected"]}
     assert set(rejected) == {3, 4, 5, 6}
     assert "NaN" in rejected[3] and "shape" in rejected[4] and "crashed" in rejected[5]
-    assert strategy.traffic.up > 0
+    assert "num-examples 0 != 20" in rejected[6]
+    assert strategy.inbox.traffic.up > 0
 
 
-def test_round_without_valid_update_keeps_the_global_model(strategy) -> None:
+def test_a_round_below_the_floor_fails_but_refusals_count_as_answers(tmp_path) -> None:
+    """Crashed and rejected clients are left out down to min-clients; a budget refusal is an answer."""
+    inbox = Inbox(
+        contract(dp_phases=frozenset({"classifier"}), epsilon=3.0), ServerView(tmp_path / "v", settings={}), Traffic()
+    )
+    strategy = RecordingFedAvg(phase="classifier", shapes=SHAPES, inbox=inbox, num_clients=6, min_clients=2)
     bad = reply_from(1, update(np.full((2, 3), np.inf, np.float32), pid=0))
-    assert strategy.aggregate_train(1, [bad]) == (None, None)
+    crashed = reply_from(2, error=Error(code=1, reason="\x1b[31mboom\x1b[0m"))
+    with pytest.raises(RoundFailed, match="0 valid update.*below min-clients=2"):
+        strategy.aggregate_train(1, [bad, crashed])
+    refusal = {"num-examples": 20, P.UNIT_WEIGHT: 1, "partition-id": 2, "refused": 1, "epsilon-spent": 3.0}
+    refusals = [
+        reply_from(3 + i, RecordDict({P.METRICS: MetricRecord({**refusal, "partition-id": 2 + i})})) for i in range(2)
+    ]
+    assert strategy.aggregate_train(2, refusals) == (None, None)  # every client's budget is spent: model kept
+    inbox.view.close()
+    reasons = [r["reason"] for r in load_server_view(tmp_path / "v")["manifest"]["rejected"]]
+    assert "client error: boom" in reasons  # plain text: no terminal colour codes
 
 
 def test_federated_evaluation_keeps_each_clients_accuracy(strategy) -> None:
-    def ev(node: int, pid: int, acc: float) -> Message:
-        metrics = MetricRecord({"num-examples": 100, "partition-id": pid, "accuracy": acc, "loss": 0.1})
-        return reply_from(node, RecordDict({P.METRICS: metrics}))
-
-    agg = strategy.aggregate_evaluate(2, [ev(1, 0, 0.8), ev(2, 1, 0.6), ev(3, 2, float("nan"))])
+    replies = [reply_from(1, evaluation(0, 0.8)), reply_from(2, evaluation(1, 0.6))]
+    replies += [reply_from(3, evaluation(2, float("nan"))), reply_from(4, evaluation(3, 1.5))]
+    agg = strategy.aggregate_evaluate(2, replies)
     assert strategy.client_eval.rounds[2] == {0: 0.8, 1: 0.6}
-    assert agg is not None and agg["accuracy"] == pytest.approx(0.7)
+    assert agg is not None and agg["accuracy"] == pytest.approx((0.8 * 10 + 0.6 * 30) / 40)
 
 
 def test_client_level_dp_clips_averages_uniformly_and_accounts_what_was_released(tmp_path) -> None:
@@ -95,25 +84,23 @@ def test_client_level_dp_clips_averages_uniformly_and_accounts_what_was_released
     view = ServerView(tmp_path / "view", settings={})
     inner = RecordingFedAvg(
         phase="classifier",
-        shapes={"weight": (2, 3), "bias": (2,)},
-        view=view,
-        traffic=Traffic(),
+        shapes=SHAPES,
+        inbox=Inbox(contract(sizes=(10, 1000, 10, 10)), view, Traffic()),
         num_clients=4,
+        min_clients=1,
         weighted_by_key=P.UNIT_WEIGHT,
     )
     dp = ClientLevelDP(inner, noise_multiplier=1e-6, clipping_norm=1.0)
     dp.current_arrays = ArrayRecord({"weight": torch.zeros(2, 3), "bias": torch.zeros(2)})
 
     def weighted(weight: float, pid: int, n: int) -> RecordDict:
-        content = update(np.full((2, 3), weight, np.float32), pid=pid, n=n)
-        content[P.METRICS][P.UNIT_WEIGHT] = 1
-        return content
+        return update(np.full((2, 3), weight, np.float32), pid=pid, n=n)
 
     replies = [
         reply_from(1, weighted(10.0, 0, 10)),
         reply_from(2, weighted(10.0, 1, 1000)),  # a big client: no more weight under client-level DP
         reply_from(3, weighted(-10.0, 2, 10)),
-        reply_from(4, update(np.full((2, 3), np.nan, np.float32), pid=3)),  # rejected before Flower sees it
+        reply_from(4, update(np.full((2, 3), np.nan, np.float32), pid=3, n=10)),  # rejected before Flower sees it
     ]
     arrays, _ = dp.aggregate_train(1, replies)
     # Each update is clipped to norm 1 (6 equal entries: 1/sqrt(6) each), then the uniform mean.

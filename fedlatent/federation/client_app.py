@@ -71,6 +71,15 @@ def _encoder(context: Context, cfg: RunConfig, plan: DataPlan) -> Encoder:
     return P.load_arrays(_new_encoder(cfg, plan), P.arrays(context.state, ENCODER_STATE))
 
 
+def failing(cfg: RunConfig, rnd: int) -> set[int]:
+    """Fault injection (``fail-fraction``, for tests): the partitions that crash in training round ``rnd``.
+
+    Exactly ``round(fail-fraction * num-clients)`` of them, drawn anew each round from the run seed.
+    """
+    k = round(cfg.fail_fraction * cfg.num_clients)
+    return set(random.Random(f"{cfg.seed}:{rnd}:fail").sample(range(cfg.num_clients), k)) if k else set()
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training: the autoencoder or the classifier."""
@@ -78,7 +87,7 @@ def train(msg: Message, context: Context) -> Message:
     config = P.config_of(msg)
     x, y = plan.client(pid)
     rnd = int(config.get("server-round", 0))  # type: ignore[arg-type]
-    if cfg.fail_fraction and random.Random(f"{cfg.seed}:{pid}:{rnd}:fail").random() < cfg.fail_fraction:
+    if pid in failing(cfg, rnd):
         raise RuntimeError(f"fault injection (fail-fraction={cfg.fail_fraction}): partition {pid} crashes round {rnd}")
     model: torch.nn.Module
     if config.get("phase") == P.PHASE_ENCODER:

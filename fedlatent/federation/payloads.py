@@ -210,7 +210,9 @@ class Contract:
         ``weights``: key -> shape of the model a train reply updates (FedAvg phases).
         """
         if msg.has_error():
-            raise PayloadError(f"client error: {plain_text(msg.error.reason)}")
+            # Ray and Flower wrap the client's exception in a long preamble: its own words come last.
+            text = plain_text(msg.error.reason, limit=100_000).rsplit("Message: ", 1)[-1].removesuffix("'>")
+            raise PayloadError(f"client error: {text if len(text) <= 400 else '...' + text[-397:]}")
         content, kind = msg.content, "train" if weights is not None else phase
         if content.config_records:
             raise PayloadError(f"unexpected ConfigRecord(s) {sorted(content.config_records)}")

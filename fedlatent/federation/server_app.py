@@ -62,6 +62,18 @@ def _run(grid: Grid, cfg: RunConfig, nodes: list[int], out: Path, start: float) 
     contract = make_contract(cfg, plan)
     run = RunContext(grid=grid, nodes=nodes, cfg=cfg, plan=plan, view=view, traffic=Traffic(), record=record,
                      contract=contract)  # fmt: skip
+    try:
+        _phases(run)
+    finally:  # also when a round fails: the server view keeps what was received and rejected
+        view.close()
+    record.rejected = list(view.manifest["rejected"])
+    record.finish(bytes_up=run.traffic.up, bytes_down=run.traffic.down, seconds=time.time() - start)
+    log.info("accuracy %.4f, results in %s", record.accuracy, out / "results.json")
+
+
+def _phases(run: RunContext) -> None:
+    """The run's phases, in order; the final model goes to the server view."""
+    cfg, record, view = run.cfg, run.record, run.view
     if cfg.fraction_train < 1 and cfg.mode != "public-only":
         identify(run)  # seeded sampling draws partitions: the node -> partition binding first
 
@@ -79,10 +91,6 @@ def _run(grid: Grid, cfg: RunConfig, nodes: list[int], out: Path, start: float) 
         view.final_model(P.module_to_arrays(model))
         with record.timed("evaluation"):
             _final_accuracy(run, model, encoder)
-    view.close()
-    record.rejected = list(view.manifest["rejected"])
-    record.finish(bytes_up=run.traffic.up, bytes_down=run.traffic.down, seconds=time.time() - start)
-    log.info("accuracy %.4f, results in %s", record.accuracy, out / "results.json")
 
 
 def _final_accuracy(run: RunContext, model: torch.nn.Module, encoder: Encoder | None) -> None:

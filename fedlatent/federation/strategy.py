@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -210,9 +211,13 @@ class RecordingFedAvg(FedAvg):
         if silent := [n for n in self._sampled.get(server_round, []) if n not in answered]:
             log.warning("%s round %s: no reply from node(s) %s in the round timeout", self.phase, server_round, silent)
         if len(accepted) + refused < self.min_clients:
+            reasons = Counter(r["reason"][:200] for r in self.inbox.view.manifest["rejected"]
+                              if r["phase"] == self.phase and r["round"] == server_round)  # fmt: skip
+            why = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3)) or "no reply"
             raise RoundFailed(
                 f"{self.phase} round {server_round}: {len(accepted)} valid update(s) and {refused} refusal(s) "
-                f"of {len(self._sampled.get(server_round, replies))} sampled, below min-clients={self.min_clients}"
+                f"of {len(self._sampled.get(server_round, replies))} sampled, below min-clients={self.min_clients}; "
+                f"rejected: {why}"
             )
         return accepted
 

@@ -1,0 +1,66 @@
+"""Failing clients, the min-clients floor and seeded sampling, through the real Flower simulation.
+
+``fail-fraction`` (fault injection, for tests) makes a seeded share of the clients crash in
+every training round: the run must finish on the others, count every crash as a rejected
+reply, and stay close to the run without failures; below ``min-clients`` it must stop with a
+clear reason and a ``FAILED`` marker. With ``fraction-train`` < 1 the same seed must train the
+same clients (Flower's own sampling is unseeded and node ids differ per run).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FAST
+
+from fedlatent.launch.superlink import FederationError, LocalSuperLink
+from fedlatent.runs import app_dir
+
+pytestmark = pytest.mark.slow
+
+BASE = {**FAST, "mode": "raw", "num-clients": 10, "rounds": 3}
+
+
+def _run(link: LocalSuperLink, out: Path, **keys: Any) -> dict[str, Any]:
+    cache = out.parent / "faults-cache"
+    link.run(app_dir(), run_config={**BASE, **keys, "out-dir": str(out), "cache-dir": str(cache)}, num_supernodes=10,
+             timeout=900)  # fmt: skip
+    return json.loads((out / "results.json").read_text())
+
+
+def test_thirty_percent_failing_clients_leave_the_run_going(link: LocalSuperLink, tmp_path: Path) -> None:
+    clean = _run(link, tmp_path / "clean")
+    faulty = _run(link, tmp_path / "faulty", **{"fail-fraction": 0.3})
+    crashes = 3 * 3  # 30% of 10 clients in each of 3 rounds
+    assert clean["rejected_replies"]["total"] == 0
+    assert faulty["rejected_replies"]["total"] == crashes
+    assert faulty["rejected_replies"]["by_phase"] == {"classifier": crashes}
+    assert all("fault injection" in reason for reason in faulty["rejected_replies"]["by_reason"])
+    assert len(faulty["history"]) == 3
+    assert abs(faulty["accuracy"] - clean["accuracy"]) <= 0.02, (faulty["accuracy"], clean["accuracy"])
+
+
+def test_a_round_below_min_clients_stops_the_run_with_its_reason(link: LocalSuperLink, tmp_path: Path) -> None:
+    out = tmp_path / "below"
+    with pytest.raises(FederationError, match="below min-clients=9"):
+        _run(link, out, **{"fail-fraction": 0.3, "min-clients": 9})
+    assert not (out / "results.json").exists()
+    assert "RoundFailed" in (out / "FAILED").read_text() and "min-clients=9" in (out / "FAILED").read_text()
+
+
+def test_sampling_half_the_clients_is_reproducible_from_the_seed(link: LocalSuperLink, tmp_path: Path) -> None:
+    runs = [_run(link, tmp_path / f"half-{i}", **{"fraction-train": 0.5}) for i in range(2)]
+    trained = []
+    for i in range(2):
+        lines = (tmp_path / f"half-{i}" / "server_view" / "metrics.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+        trained.append(sorted((r["round"], r["metrics"]["partition-id"]) for r in rows if r["phase"] == "classifier"))
+    assert trained[0] == trained[1] and len(trained[0]) == 3 * 5  # 5 of 10 clients in each of 3 rounds
+    assert len({pid for _, pid in trained[0]}) > 5  # the draw changes with the round
+    assert (
+        runs[0]["accuracy"] == runs[1]["accuracy"]
+        and runs[0]["history"][-1]["accuracy"] == runs[1]["history"][-1]["accuracy"]
+    )

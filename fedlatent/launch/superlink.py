@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedlatent.launch.guard import start_guard
 from fedlatent.launch.processes import (
     HOST,
     TAIL_LINES,
@@ -98,9 +99,9 @@ class LocalSuperLink:
         self.env = flower_env(self.flwr_home)
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
-        # Sessions we own: the SuperLink's and SuperExec's, which Flower detaches with setsid
-        # (flwr-simulation and Ray run there), so a process group would miss them. They are
-        # recorded while the tree is intact: orphans lose their parent links.
+        self._guard: subprocess.Popen[bytes] | None = None
+        # Sessions we own: the SuperLink's and SuperExec's (Flower detaches them with setsid, a process
+        # group would miss them), recorded while the tree is intact: orphans lose their parent links.
         self._sessions: set[int] = set()
 
     @property
@@ -137,6 +138,7 @@ class LocalSuperLink:
                 env=self.env, cwd=self.workdir, start_new_session=True,
             )  # fmt: skip
         self._sessions = {self._proc.pid}
+        self._guard = start_guard([self._proc.pid])  # ends them all should this process die, even by SIGKILL
         try:
             self._wait_healthy()
             self._sessions |= tree_sessions(self._proc.pid)  # SuperExec is up by now
@@ -173,6 +175,9 @@ class LocalSuperLink:
         stop_sessions(self._sessions)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5.0)  # reap our child
+        if self._guard is not None:  # our watchdog: nothing left to guard
+            self._guard.kill()
+            self._guard.wait()
 
     def error(self, headline: str, output: str = "") -> FederationError:
         """A FederationError quoting the tails of ``output`` and of the SuperLink's log."""

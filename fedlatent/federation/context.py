@@ -58,6 +58,7 @@ def make_contract(cfg: RunConfig, plan: DataPlan) -> P.Contract:
         dp_phases.add("share-latents" if cfg.mode == "latent-share" else P.PHASE_CLASSIFIER)
     return P.Contract(
         sizes=tuple(len(c) for c in plan.client_idx),
+        test_size=len(plan.dataset.y_test),
         num_classes=plan.dataset.num_classes,
         latent_dim=cfg.feature_dim,
         epsilon=cfg.epsilon,

@@ -184,7 +184,7 @@ class Contract:
     """What the server accepts from clients in one run, and who already answered.
 
     Built once per run from facts the server knows (``sizes``: the records of every partition,
-    recomputed from the plan; the budget; which phases run DP-SGD); ``check`` validates one
+    recomputed from the plan; the test split's size; the budget; which phases run DP-SGD); ``check`` validates one
     reply and, when it passes, binds its node to its partition and marks the partition as
     answered in that round. Binding is first come: a node keeps its partition for the run and
     no other node may report it.
@@ -193,6 +193,7 @@ class Contract:
     sizes: tuple[int, ...]
     num_classes: int
     latent_dim: int
+    test_size: int = 0  # records of the test split, which federated evaluation scores
     epsilon: float = math.inf
     dp_phases: frozenset[str] = frozenset()
     owner: dict[int, int] = field(default_factory=dict)  # partition -> node
@@ -254,9 +255,11 @@ class Contract:
             raise PayloadError(f"node {node} reported partition {bound} before, now {pid}")
         if (phase, rnd, pid) in self.answered:
             raise PayloadError(f"partition-id {pid} already answered {phase} round {rnd}")
-        if values["num-examples"] != self.sizes[pid]:
-            claimed = values["num-examples"]
-            raise PayloadError(f"num-examples {claimed:g} != {self.sizes[pid]} records of partition {pid}")
+        records, of = (
+            (self.test_size, "the test split") if "evaluate" in phase else (self.sizes[pid], f"partition {pid}")
+        )
+        if values["num-examples"] != records:
+            raise PayloadError(f"num-examples {values['num-examples']:g} != {records} records of {of}")
         return pid
 
     def _values(self, values: Mapping[str, float]) -> None:

@@ -13,11 +13,12 @@ from fedlatent.federation import payloads as P
 
 SHAPES = {"weight": (2, 3), "bias": (2,)}
 SIZES = (10, 30, 20, 20, 20, 20)
+TEST = 50  # records of the test split: what an evaluation reply counts
 D, K = 4, 10
 
 
 def contract(sizes: tuple[int, ...] = SIZES, **kw: object) -> P.Contract:
-    return P.Contract(sizes=sizes, num_classes=K, latent_dim=D, **kw)  # type: ignore[arg-type]
+    return P.Contract(sizes=sizes, test_size=TEST, num_classes=K, latent_dim=D, **kw)  # type: ignore[arg-type]
 
 
 def reply_from(node: int, content: RecordDict | None = None, error: Error | None = None) -> Message:
@@ -45,7 +46,7 @@ def update(weight: np.ndarray, *, pid: int, n: int | float | None = None, **metr
 
 
 def evaluation(pid: int, acc: float, n: int | None = None) -> RecordDict:
-    values = {"num-examples": SIZES[pid] if n is None else n, "loss": 0.1, "accuracy": acc, "partition-id": pid}
+    values = {"num-examples": TEST if n is None else n, "loss": 0.1, "accuracy": acc, "partition-id": pid}
     return RecordDict({P.METRICS: MetricRecord(values)})
 
 

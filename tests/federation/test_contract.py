@@ -123,8 +123,9 @@ def test_partition_ids_are_unique_per_round_and_the_nodes_own() -> None:
         (evaluation(0, -0.1), "outside"),
         (with_metrics(evaluation(0, 0.5), accuracy=None), "metrics"),
         (evaluation(0, float("nan")), "finite"),
+        (evaluation(0, 0.5, n=10), "num-examples 10 != 50 records of the test split"),
     ],
-    ids=["above-1", "negative", "missing", "nan"],
+    ids=["above-1", "negative", "missing", "nan", "not-the-test-split"],
 )
 def test_evaluations_out_of_range_are_refused(content: RecordDict, match: str) -> None:
     with pytest.raises(P.PayloadError, match=match):

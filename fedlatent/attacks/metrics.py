@@ -69,7 +69,9 @@ def mia_scores(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> dict[
         raise ValueError("membership scores must be finite")
     truth = np.concatenate([np.ones(len(member_scores)), np.zeros(len(nonmember_scores))])
     fpr, tpr, _ = roc_curve(truth, s)
-    out = {"auc": float(roc_auc_score(truth, s))}
+    # With n non-members the smallest non-zero FPR is 1/n: below it a "TPR at level" is the TPR at
+    # FPR 0 (a lower bound for the attacker), so the resolution is reported beside it.
+    out = {"auc": float(roc_auc_score(truth, s)), "fpr_resolution": 1.0 / len(nonmember_scores)}
     for level in FPR_LEVELS:
         # TPR at the largest threshold whose FPR does not exceed the level (never optimistic).
         out[f"tpr_at_{level:g}_fpr"] = float(tpr[fpr <= level].max(initial=0.0))

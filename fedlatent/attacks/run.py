@@ -76,7 +76,7 @@ def _membership(view: AttackerView, truth: Truth, s: dict[str, Any], seed: int) 
     figure = s.get("figure")
     if figure is not None:
         plot_roc(Path(figure), raw, is_member, title=f"membership inference: {view.cfg.mode} ({view.cfg.dataset})")
-    worst = {k: max(v[k] for v in scores.values()) for k in ("tpr_at_0.01_fpr", "tpr_at_0.001_fpr")}
+    worst = {k: max(v[k] for v in scores.values()) for k in ("tpr_at_0.01_fpr", "tpr_at_0.001_fpr", "fpr_resolution")}
     return {**scores, "auc": best["auc"], **worst, "settings": {"candidates": n, **shadow_kw, "seed": seed}}, []
 
 
@@ -157,6 +157,8 @@ def headline(name: str, entry: dict[str, Any]) -> str:
         return "n/a"
     if name == "membership":
         tpr = f", TPR {100 * entry['tpr_at_0.001_fpr']:.2f}% at 0.1% FPR" if "tpr_at_0.001_fpr" in entry else ""
+        if entry.get("fpr_resolution", 0) > 0.001:  # too few non-members to resolve 0.1%: say so
+            tpr += f" (FPR resolution {100 * entry['fpr_resolution']:.2g}%: read as TPR at FPR 0)"
         return f"AUC {entry['auc']:.3f} (loss {entry['loss']['auc']:.3f}, shadow {entry['shadow']['auc']:.3f}){tpr}"
     ssim, leak = entry.get("ssim"), entry.get("leakage_ssim")
     if ssim is None:

@@ -54,6 +54,7 @@ def client_floor(cfg: RunConfig, sampled: int) -> int:
 def make_contract(cfg: RunConfig, plan: DataPlan) -> P.Contract:
     """The run's reply contract from what the server knows: partition sizes, budget, DP phases."""
     dp_phases = {P.PHASE_ENCODER} if cfg.encoder_dp else set()
+    labels = cfg.mode == "latent-share" and math.isfinite(cfg.label_epsilon)
     if cfg.dp:
         dp_phases.add("share-latents" if cfg.mode == "latent-share" else P.PHASE_CLASSIFIER)
     return P.Contract(
@@ -61,7 +62,8 @@ def make_contract(cfg: RunConfig, plan: DataPlan) -> P.Contract:
         test_size=len(plan.dataset.y_test),
         num_classes=plan.dataset.num_classes,
         latent_dim=cfg.feature_dim,
-        epsilon=cfg.epsilon,
+        # a latent-share client's ledger also holds the labels' randomized response (basic composition)
+        epsilon=cfg.epsilon + (cfg.label_epsilon if labels else 0.0),
         dp_phases=frozenset(dp_phases),
     )
 

@@ -182,3 +182,18 @@ def test_reasons_are_plain_text() -> None:
     assert P.plain_text("\x1b[1;31mError:\x1b[0m bad\nthing\t!") == "Error: bad thing !"
     assert len(P.plain_text("x" * 1000)) == 500
     assert SIZES[0] == 10 and torch.float32 is torch.float32  # the helpers' sizes the cases rely on
+
+
+def test_the_run_contract_knows_sizes_test_split_budget_and_dp_phases() -> None:
+    from fedlatent.config import RunConfig
+    from fedlatent.federation.context import make_contract
+    from fedlatent.plan import make_plan
+
+    cfg = RunConfig.from_run_config({"mode": "latent-share", "num-clients": 3, "epsilon": 3.0, "label-epsilon": 2.0})
+    plan = make_plan(cfg)
+    c = make_contract(cfg, plan)
+    assert c.sizes == tuple(len(p) for p in plan.client_idx) and c.test_size == len(plan.dataset.y_test)
+    assert c.epsilon == 5.0  # the labels' randomized response is in the same ledger
+    assert c.dp_phases == {"share-latents"}
+    raw = make_contract(RunConfig.from_run_config({"mode": "raw", "num-clients": 3, "epsilon": 3.0}), plan)
+    assert raw.epsilon == 3.0 and raw.dp_phases == {"classifier"}

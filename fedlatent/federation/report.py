@@ -135,7 +135,7 @@ def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
             "privacy_note": "No differential privacy in this run: epsilon is null and there is no formal guarantee.",
         }
     per_client = {str(i): privacy.epsilon.get(i, 0.0) for i in range(cfg.num_clients)}
-    encoder_ok = cfg.mode == "raw" or cfg.encoder == "public" or cfg.encoder_dp
+    encoder_ok = cfg.mode == "raw" or cfg.encoder in ("public", "scatternet") or cfg.encoder_dp  # scatternet: no data
     end_to_end = encoder_ok and not labels_in_clear
     notes = [
         "epsilon: record-level ("

@@ -150,3 +150,14 @@ def test_rejected_replies_are_counted_by_phase_and_reason() -> None:
     assert out["total"] == 3 and out["by_phase"] == {"classifier": 2, "share": 1}
     assert out["by_reason"]["client error: <class 'ray.exceptions.OutOfMemoryError'>"] == 2
     assert rejected_summary([]) == {"total": 0, "by_phase": {}, "by_reason": {}}
+
+
+@pytest.mark.parametrize(("encoder", "end_to_end"), [("scatternet", True), ("public", True), ("local", False)])
+def test_only_an_encoder_that_saw_private_data_without_dp_breaks_the_guarantee(encoder: str, end_to_end: bool) -> None:
+    from fedlatent.federation.report import privacy_summary
+    from fedlatent.federation.strategy import PrivacyLog
+
+    cfg = RunConfig.from_run_config({"mode": "latent-fedavg", "encoder": encoder, "num-clients": 2, "epsilon": 3.0})
+    summary = privacy_summary(cfg, PrivacyLog(epsilon={0: 2.9, 1: 2.9}))
+    assert summary["end_to_end_dp"] is end_to_end
+    assert ("trained on private data without DP" in summary["privacy_note"]) is not end_to_end

@@ -197,17 +197,18 @@ def public_group(overrides: dict[str, Any]) -> dict[str, Any]:
 
 def points(spec: SweepSpec) -> list[Point]:
     """Every point of the sweep, public-only bars first, each validated (see module docstring)."""
-    every: list[dict[str, Any]] = []
+    every: dict[str, dict[str, Any]] = {}  # effective config -> overrides, in grid order
     for grid in spec.grid:
-        if len(grid_points := _product(spec.base, grid)) != len({_key_of(o) for o in grid_points}):
+        grid_points = {_key_of(o): o for o in _product(spec.base, grid)}
+        if len(grid_points) != math.prod(len(v) for v in grid.values()):
             raise ConfigError("sweep file: the grid repeats a point (a value listed twice?)")
-        every += [o for o in grid_points if _key_of(o) not in {_key_of(e) for e in every}]
-    federated = [o for o in every if o.get("mode") != "public-only"]
+        every |= {k: o for k, o in grid_points.items() if k not in every}
+    federated = [o for o in every.values() if o.get("mode") != "public-only"]
     groups = {_key_of(public_group(o)): public_group(o) for o in federated}
     if not federated:  # a grid of public-only points only
         groups = {"": public_group(spec.base)}
     keys = list(dict.fromkeys(k for grid in spec.grid for k in grid))
-    shown = [k for k in keys if len({_text(o.get(k)) for o in every}) > 1]  # the keys that tell points apart
+    shown = [k for k in keys if len({_text(o.get(k)) for o in every.values()}) > 1]  # the keys that tell points apart
     bars = {g: point_id(o, shown) for g, o in groups.items()}
     out = [Point(bars[g], o, bars[g]) for g, o in groups.items()]
     for o in federated:

@@ -46,11 +46,6 @@ class RunContext:
         return Inbox(self.contract, self.view, self.traffic)
 
 
-def client_floor(cfg: RunConfig, sampled: int) -> int:
-    """Valid replies a round of ``sampled`` clients needs: ``min-clients``, or half of them rounded up."""
-    return min(sampled, cfg.min_clients) if cfg.min_clients else max(1, math.ceil(sampled / 2))
-
-
 def make_contract(cfg: RunConfig, plan: DataPlan) -> P.Contract:
     """The run's reply contract from what the server knows: partition sizes, budget, DP phases."""
     dp_phases = {P.PHASE_ENCODER} if cfg.encoder_dp else set()

@@ -62,7 +62,6 @@ REPLIES: dict[str, dict[str, tuple[frozenset[str], frozenset[str]]]] = {
         "refused": (frozenset(), _TRAIN | _REFUSED),
     },
     "evaluate": {"plain": (frozenset(), _ID | {"loss", "accuracy"})},
-    "final-evaluate": {"plain": (frozenset(), _ID | {"loss", "accuracy"})},
     "set-encoder": {"plain": (frozenset(), _ID)},
     "identify": {"plain": (frozenset(), _ID)},
     "local-encoder": {"plain": (frozenset(), _ID | {"recon-loss"})},
@@ -72,6 +71,8 @@ REPLIES: dict[str, dict[str, tuple[frozenset[str], frozenset[str]]]] = {
         "refused": (frozenset(), _ID | _REFUSED),
     },
 }
+REPLIES["final-evaluate"] = REPLIES["evaluate"]  # the last evaluation, after the rounds: its own answers
+EVALUATE_PHASES = frozenset({"evaluate", "final-evaluate"})  # they count the test split, not a partition
 _NON_NEGATIVE = frozenset({"train-loss", "loss", "recon-loss", "noise-multiplier", "noise-std"})
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
@@ -157,9 +158,13 @@ def arrays(content: RecordDict, key: str = ARRAYS) -> ArrayRecord:
 
 def metric(content: RecordDict, key: str) -> float:
     """A finite number from the body's ``metrics`` record, or a PayloadError naming it."""
-    value = content.metric_records.get(METRICS, MetricRecord()).get(key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise PayloadError(f"metrics['{key}'] must be a finite number, got {value!r}")
+    return _finite(key, content.metric_records.get(METRICS, MetricRecord()).get(key))
+
+
+def _finite(key: str, value: object) -> float:
+    """``value`` of metric ``key`` as a float, or a PayloadError unless it is a finite int or float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PayloadError(f"metrics['{key}'] must be a finite number, got {plain_text(repr(value), 80)}")
     return float(value)
 
 
@@ -197,11 +202,12 @@ class Contract:
     epsilon: float = math.inf
     dp_phases: frozenset[str] = frozenset()
     owner: dict[int, int] = field(default_factory=dict)  # partition -> node
+    bound: dict[int, int] = field(default_factory=dict)  # node -> partition: owner inverted, read for every reply
     answered: set[tuple[str, int, int]] = field(default_factory=set)  # (phase, round, partition)
 
     def partition_of(self, node: int) -> int | None:
         """The partition a node is bound to, or None before its first accepted reply."""
-        return next((pid for pid, n in self.owner.items() if n == node), None)
+        return self.bound.get(node)
 
     def check(
         self, msg: Message, *, phase: str, rnd: int, weights: Mapping[str, tuple[int, ...]] | None = None
@@ -221,12 +227,12 @@ class Contract:
             raise PayloadError(f"expected exactly one MetricRecord '{METRICS}', got {sorted(content.metric_records)}")
         metrics, names = content.metric_records[METRICS], frozenset(content.array_records)
         dp = phase in self.dp_phases  # a DP phase never sends a plain reply, a plain one never a DP one
-        allowed = {k: v for k, v in REPLIES[kind].items() if (k != "plain") == dp} or REPLIES[kind]
+        allowed = {k: v for k, v in REPLIES[kind].items() if (k != "plain") == dp}
         match = [k for k, (arrays, keys) in allowed.items() if names == arrays and frozenset(metrics) == keys]
         if not match:
             expected = " or ".join(f"arrays {sorted(a)} + metrics {sorted(m)}" for a, m in allowed.values())
             raise PayloadError(f"reply holds arrays {sorted(names)} + metrics {sorted(metrics)}; expected {expected}")
-        values = {k: self._number(k, v) for k, v in metrics.items()}
+        values = {k: _finite(k, v) for k, v in metrics.items()}
         pid = self._partition(values, node=msg.metadata.src_node_id, phase=phase, rnd=rnd)
         self._values(values)
         decoded: dict[str, np.ndarray] = {}
@@ -235,14 +241,9 @@ class Contract:
         if LATENTS in names:
             decoded = self._latents(content.array_records[LATENTS], rows=self.sizes[pid])
         self.owner[pid] = msg.metadata.src_node_id
+        self.bound[msg.metadata.src_node_id] = pid
         self.answered.add((phase, rnd, pid))
         return pid, decoded
-
-    @staticmethod
-    def _number(key: str, value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise PayloadError(f"metrics['{key}'] must be a finite number, got {plain_text(repr(value), 80)}")
-        return float(value)
 
     def _partition(self, values: Mapping[str, float], *, node: int, phase: str, rnd: int) -> int:
         raw = values["partition-id"]
@@ -256,7 +257,7 @@ class Contract:
         if (phase, rnd, pid) in self.answered:
             raise PayloadError(f"partition-id {pid} already answered {phase} round {rnd}")
         records, of = (
-            (self.test_size, "the test split") if "evaluate" in phase else (self.sizes[pid], f"partition {pid}")
+            (self.test_size, "the test split") if phase in EVALUATE_PHASES else (self.sizes[pid], f"partition {pid}")
         )
         if values["num-examples"] != records:
             raise PayloadError(f"num-examples {values['num-examples']:g} != {records} records of {of}")

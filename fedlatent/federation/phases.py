@@ -19,8 +19,8 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 
 from fedlatent.federation import payloads as P
-from fedlatent.federation.context import RunContext, broadcast, client_floor
-from fedlatent.federation.strategy import ClientLevelDP, RecordingFedAvg, RoundFailed
+from fedlatent.federation.context import RunContext, broadcast
+from fedlatent.federation.strategy import ClientLevelDP, RecordingFedAvg, RoundFailed, client_floor
 from fedlatent.learning.models import Encoder
 from fedlatent.learning.progress import Progress
 from fedlatent.learning.seeding import generator
@@ -53,7 +53,7 @@ def recording_fedavg(
         inbox=run.inbox,
         num_clients=cfg.num_clients,
         seed=cfg.seed,
-        min_clients=client_floor(cfg, max(1, round(cfg.fraction_train * cfg.num_clients))),
+        min_clients=cfg.min_clients,
         fraction_train=cfg.fraction_train,
         federated_evaluation=federated_evaluation,
         privacy=run.record.privacy,  # a DP encoder's rounds are in each client's ledger too
@@ -155,7 +155,7 @@ def collect_latents(run: RunContext, encoder: Encoder | None) -> tuple[torch.Ten
         pid, arrays = checked
         view.latents(pid, arrays["latents"], arrays["labels"])
         pooled[pid] = (torch.from_numpy(arrays["latents"]), torch.from_numpy(arrays["labels"]))
-    floor = client_floor(cfg, len(run.nodes))
+    floor = client_floor(cfg.min_clients, len(run.nodes))
     if len(pooled) < floor:
         raise RoundFailed(f"share-latents: {len(pooled)} client(s) shared valid latents, below min-clients={floor}")
     parts = [pooled[pid] for pid in sorted(pooled)]

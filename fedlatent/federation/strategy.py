@@ -9,6 +9,7 @@ every accepted upload is written to the server view, and bytes are counted both 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -100,6 +101,11 @@ class Inbox:
         return pid, arrays
 
 
+def client_floor(min_clients: int, sampled: int) -> int:
+    """Valid replies a round of ``sampled`` clients needs: ``min_clients``, or (0) half of them rounded up."""
+    return min(sampled, min_clients) if min_clients else max(1, math.ceil(sampled / 2))
+
+
 class RoundFailed(RuntimeError):
     """Fewer clients than the run's floor (``min-clients``) took part in a round: the run stops here."""
 
@@ -137,7 +143,7 @@ class RecordingFedAvg(FedAvg):
             min_available_nodes=1,
         )
         self.phase, self.shapes, self.inbox, self.seed = phase, dict(shapes), inbox, seed
-        self.min_clients = min(max(1, min_clients), sample)
+        self.min_clients = client_floor(min_clients, sample)
         self.client_eval = ClientEval()
         self.screened = False  # True while a wrapper hands over replies it has screened already
         self.privacy = privacy if privacy is not None else PrivacyLog()

@@ -23,7 +23,7 @@ from fedlatent.config import ConfigError, RunConfig
 from fedlatent.data.loading import DataError
 from fedlatent.launch.superlink import FederationError
 from fedlatent.learning.progress import show_log
-from fedlatent.runs import CLI_CLIENTS, federation, run_config, run_one
+from fedlatent.runs import CLI_CLIENTS, federation, resume_config, run_config, run_one
 
 ALIASES = {"num-clients": ["--clients"], "out-dir": ["--out"]}
 COMPARE_MODES = ("raw", "latent-fedavg", "latent-share")
@@ -77,7 +77,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``fedlatent run``: one federation, one run directory."""
-    cfg = run_config(_overrides(args), default_out=f"runs/{_stamp()}-run")
+    if args.resume_dir:
+        cfg = resume_config(args.resume_dir, _overrides(args))
+    else:
+        cfg = run_config(_overrides(args), default_out=f"runs/{_stamp()}-run")
     with federation(args, cfg.num_clients) as link:
         results = run_one(link, cfg, verbose=args.verbose, timeout=args.timeout)
     print(f"\naccuracy {results['accuracy']:.4f}  ({results['wall_seconds']:.1f} s)  -> {cfg.out_dir}")
@@ -207,13 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedlatent", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
     run = verbs.add_parser("run", help="run one Flower federation and write its run directory")
-    _add_config_options(run)
+    _add_config_options(run, skip=("resume",))
+    run.add_argument(
+        "--resume",
+        dest="resume_dir",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue a killed run from its last checkpoint, as it was",
+    )
     run.set_defaults(func=cmd_run)
     compare = verbs.add_parser(
         "compare",
         help="each mode without DP and at eps=3 (--epsilon), quick attacks, the public-only bar; print a table",
     )
-    _add_config_options(compare, skip=("mode",), defaults={"epsilon": COMPARE_EPSILON})
+    _add_config_options(compare, skip=("mode", "resume"), defaults={"epsilon": COMPARE_EPSILON})
     compare.add_argument("--modes", nargs="+", choices=COMPARE_MODES, default=list(COMPARE_MODES))
     compare.add_argument(
         "--attack",

@@ -47,16 +47,16 @@ def _fraction(v: float) -> bool | str:
     return 0.0 <= v < 1.0 or "must be in [0, 1)"
 
 
-def _budget(v: float) -> bool | str:
-    return v > 0 or "must be > 0 (inf = no differential privacy)"
-
-
 def _probability(v: float) -> bool | str:
     return 0.0 < v < 1.0 or "must be in (0, 1)"
 
 
 def _unit(v: float) -> bool | str:
     return 0.0 < v <= 1.0 or "must be in (0, 1]"
+
+
+def _budget(v: float) -> bool | str:
+    return v > 0 or "must be > 0 (inf = no differential privacy)"
 
 
 def _key(default: Any, check: Any = None, doc: str = "") -> Any:
@@ -112,15 +112,16 @@ class RunConfig:
     accountant: str = _key("rdp", _choice(ACCOUNTANTS), "privacy accountant: rdp | prv")
     latent_clip: float = _key(1.0, _positive, "latent-share: L2 clip of each released latent")
     label_epsilon: float = _key(math.inf, _budget, "latent-share: randomized-response epsilon (inf = labels in clear)")
-    encoder_epsilon: float = _key(
-        math.inf, _budget, "federated encoder: DP-SGD budget taken out of epsilon (inf = encoder not DP)"
-    )
+    encoder_epsilon: float = _key(math.inf, _budget, "federated encoder: DP-SGD budget out of epsilon (inf = not DP)")
+    reproducible_noise: bool = _key(False, None, "DP noise from the public seed (tests only; reported as not DP)")
     client_dp_noise: float = _key(0.0, _at_least(0.0), "client-level DP noise multiplier, server side (0 = off)")
     client_dp_clip: float = _key(1.0, _positive, "client-level DP: L2 clip of each client's update")
     cache_dir: str = _key("", None, "cache of decoded data and the public autoencoder, keyed ('' = none)")
     client_threads: int = _key(1, _at_least(0), "torch threads of each ClientApp (0 = torch's default)")
     out_dir: str = _key("", None, "run directory ('' = runs/<time>-<mode>-<encoder>)")
     overwrite: bool = _key(False, None, "empty a non-empty out-dir first (default: refuse it, runs must not mix)")
+    resume: bool = _key(False, None, "continue the run in out-dir from its last checkpoint (fedlatent run --resume)")
+    client_state_dir: str = _key("", None, "clients' ledgers and releases across restarts ('' = memory only)")
 
     @classmethod
     def keys(cls) -> dict[str, Any]:

@@ -7,9 +7,10 @@ no index list ever needs to travel in a message. A client takes only its own par
 the server takes the public split (public by definition), the test split (for evaluation)
 and the partition indices only to export ``private_index/`` for scoring attacks.
 
-The same holds for privacy: a client's budget, the noise of its DP-SGD rounds and of the
-latent release are functions of the config (``client_budget``, ``dp_round_plan``,
-``release_noise_std``), public settings the server and the attacker can recompute.
+The same holds for privacy settings: a client's budget and the noise *scale* of its DP-SGD
+rounds and of the latent release are functions of the config (``client_budget``,
+``dp_round_plan``, ``release_noise_std``), public settings the server and the attacker can
+recompute. The noise itself is not: ``noise_generator`` draws it from a secret seed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from fedlatent.data.partition import public_private_split
 from fedlatent.data.store import Memo, cached_dataset, dataset_key, stored_parts
 from fedlatent.learning.cache import cached_training, data_digest
 from fedlatent.learning.models import Autoencoder, Encoder, ImageClassifier, LatentClassifier
-from fedlatent.learning.seeding import generator, seeded_init
+from fedlatent.learning.seeding import generator, secret_generator, seeded_init
 from fedlatent.learning.training import (
     OnEpoch,
     classification_losses,
@@ -234,6 +235,16 @@ def dp_train_round(
         max_grad_norm=cfg.max_grad_norm,
         generator=generator,
     )
+
+
+def noise_generator(cfg: RunConfig, *parts: int) -> torch.Generator:
+    """The randomness of one DP mechanism (noise, Poisson sampling, randomized labels) of a client.
+
+    Secret (OS entropy) unless ``reproducible-noise``, which derives it from the public seed and
+    ``parts`` for tests that compare runs exactly: whoever knows the settings can then recompute the
+    noise and subtract it, so such a run is reported as not differentially private.
+    """
+    return generator(cfg.seed, *parts) if cfg.reproducible_noise else secret_generator()
 
 
 def release_noise_std(cfg: RunConfig) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlatent.config import ConfigError, RunConfig
-from fedlatent.federation.rundir import check_out_dir
+from fedlatent.federation.rundir import CHECKPOINT, CLIENT_STATE, check_out_dir, resumable
 from fedlatent.launch.deployment import LocalDeployment
 from fedlatent.launch.superlink import FederationError, LocalSuperLink
 
@@ -78,13 +78,37 @@ def run_one(link: LocalSuperLink | LocalDeployment, cfg: RunConfig, *, verbose: 
     return json.loads(results_path.read_text())
 
 
+def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> RunConfig:
+    """The config that continues the run in ``run_dir`` from its checkpoint (``fedlatent run --resume``).
+
+    The run's own settings, as its checkpoint saved them: a resume that changed any would not
+    continue the same run, so ``overrides`` (settings given beside ``--resume``) are refused.
+    """
+    if overrides:
+        given = ", ".join(f"--{key}" for key in overrides)
+        raise ConfigError(f"--resume continues a run with the settings it started with; drop {given}")
+    out = Path(run_dir).expanduser().resolve()
+    state = out / CHECKPOINT / "state.json"
+    if not state.is_file():
+        raise ConfigError(f"{out} holds no checkpoint ({CHECKPOINT}/state.json): nothing to resume")
+    saved = json.loads(state.read_text())["config"]
+    cfg = RunConfig.from_run_config({**saved, "resume": True, "overwrite": False, "out-dir": str(out)})
+    resumable(cfg)
+    from fedlatent.plan import preflight  # lazy: loads torch and the data
+
+    preflight(cfg)
+    return cfg
+
+
 def run_config(overrides: dict[str, Any], default_out: str) -> RunConfig:
     """The validated config of a run the CLI starts: ``overrides`` plus the CLI's defaults.
 
     ``num-clients`` defaults to ``CLI_CLIENTS`` and must be >= 1 (the CLI starts the
     SuperNodes, so it needs a count); ``out-dir`` defaults to ``default_out``, made absolute,
     and must be a fresh directory unless ``overwrite`` (``rundir.check_out_dir``: refused before
-    Flower starts).
+    Flower starts). The clients the CLI starts keep their ledgers and releases in the run
+    directory's ``client_state/`` (``client-state-dir``; their own disks, in a real deployment),
+    so that the run can be resumed.
     """
     overrides.setdefault("num-clients", CLI_CLIENTS)
     if int(overrides["num-clients"]) < 1:  # the CLI starts the SuperNodes, so it needs a count
@@ -92,7 +116,7 @@ def run_config(overrides: dict[str, Any], default_out: str) -> RunConfig:
     overrides.setdefault("out-dir", default_out)
     cfg = RunConfig.from_run_config(overrides)
     out = check_out_dir(cfg.out_dir, overwrite=cfg.overwrite)
-    cfg = dataclasses.replace(cfg, out_dir=str(out))
+    cfg = dataclasses.replace(cfg, out_dir=str(out), client_state_dir=cfg.client_state_dir or str(out / CLIENT_STATE))
     from fedlatent.plan import preflight  # lazy: loads torch and the data, after the cheap checks
 
     preflight(cfg)

@@ -56,7 +56,8 @@ PRIVATE_KEYS = frozenset(
     "mode encoder epsilon delta partition alpha num-clients fraction-train min-clients round-timeout fail-fraction "
     "max-grad-norm accountant latent-clip "
     "label-epsilon encoder-epsilon encoder-rounds client-dp-noise client-dp-clip server-epochs server-batch-size "
-    "server-lr server-learner seed-bugs client-threads out-dir cache-dir".split()
+    "server-lr server-learner seed-bugs client-threads out-dir cache-dir "
+    "reproducible-noise resume client-state-dir".split()
 )
 # Short names of common keys in point ids ("" = the value alone says it, e.g. a mode).
 _SHORT = {"mode": "", "dataset": "", "partition": "", "encoder": "", "epsilon": "eps", "seed": "s", "alpha": "a"}

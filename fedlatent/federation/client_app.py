@@ -14,7 +14,9 @@ Handlers (message type -> what the client does):
 
 Each message may run in a fresh process, so the encoder lives in ``context.state`` (the
 only thing Flower persists per node) and the data plan comes from the config (decoded and
-partitioned once per process, ``plan.make_plan``).
+partitioned once per process, ``plan.make_plan``). A client with a ``client_store`` directory
+also keeps its ledger and its last release there, so that a resumed run neither resets its ε
+nor makes it pay twice for a round the server repeats (``_answer_once``).
 In the latent modes no handler ever puts an image into a reply.
 """
 
@@ -22,14 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
-from fedlatent.learning.models import Encoder
+from fedlatent.federation.client_store import ClientStore, Release
+from fedlatent.learning.cache import data_digest
+from fedlatent.learning.models import Autoencoder, Encoder
 from fedlatent.learning.seeding import generator
 from fedlatent.learning.training import encode, evaluate, train_autoencoder, train_classifier
 from fedlatent.plan import (
@@ -40,6 +46,7 @@ from fedlatent.plan import (
     dp_train_round,
     make_plan,
     new_ledger,
+    noise_generator,
     release_noise_std,
 )
 from fedlatent.privacy import client as dp
@@ -48,6 +55,44 @@ from fedlatent.privacy.ledger import Ledger
 app = ClientApp()
 ENCODER_STATE = "encoder"
 LEDGER_STATE = "dp-ledger"
+Answer = Callable[[], tuple[dict[str, float], dict[str, ArrayRecord]]]  # (metrics, array records) of a reply
+
+
+def _store(msg: Message, context: Context, cfg: RunConfig, pid: int) -> ClientStore | None:
+    """This client's store for the run: its own ``state-dir`` (node config) first, else ``client-state-dir``."""
+    root = context.node_config.get("state-dir") or cfg.client_state_dir
+    run_key = P.config_of(msg).get("run-key")
+    if not root or not isinstance(run_key, str) or not run_key:
+        return None
+    return ClientStore(str(root), run_key=run_key, partition=pid)
+
+
+def _resumed(msg: Message) -> bool:
+    return P.config_of(msg).get("resumed") is True
+
+
+def _answer_once(msg: Message, store: ClientStore | None, name: str, rnd: int, answer: Answer) -> Message:
+    """Reply with ``answer()``, or with the stored release if this very request was answered before.
+
+    A repeated request (same phase, round and digest of what the server sent) gets the same
+    release again: post-processing, no new privacy cost. Refusals are not stored (they cost nothing).
+    """
+    digest = request_digest(msg)
+    if store is not None and (old := store.release(name)) is not None and (old.round, old.digest) == (rnd, digest):
+        return P.reply(msg, metrics=old.metrics, arrays={k: P.numpy_record(v) for k, v in old.arrays.items()})
+    metrics, arrays = answer()
+    if store is not None and "refused" not in metrics:
+        kept = {k: P.record_numpy(v) for k, v in arrays.items()}
+        store.save_release(name, Release(round=rnd, digest=digest, metrics=dict(metrics), arrays=kept))
+    return P.reply(msg, metrics=metrics, arrays=arrays)
+
+
+def request_digest(msg: Message) -> str:
+    """SHA-256 of what the server asked: message type, config (but ``resumed``) and every array sent."""
+    config = {k: v for k, v in sorted(P.config_of(msg).items()) if k != "resumed"}
+    head = np.frombuffer(f"{msg.metadata.message_type!s}|{config!r}".encode(), dtype=np.uint8)
+    records = msg.content.array_records
+    return data_digest(head, *(records[name][key].numpy() for name in sorted(records) for key in records[name]))
 
 
 def _setup(context: Context) -> tuple[RunConfig, DataPlan, int]:
@@ -89,57 +134,60 @@ def train(msg: Message, context: Context) -> Message:
     rnd = int(config.get("server-round", 0))  # type: ignore[arg-type]
     if pid in failing(cfg, rnd):
         raise RuntimeError(f"fault injection (fail-fraction={cfg.fail_fraction}): partition {pid} crashes round {rnd}")
-    model: torch.nn.Module
-    if config.get("phase") == P.PHASE_ENCODER:
-        ae = P.load_arrays(build_autoencoder(cfg, plan.dataset), P.arrays(msg.content))
-        gen = generator(cfg.seed, pid, rnd, 0)
-        if cfg.encoder_dp:
-            return _train_private(msg, context, cfg, ae, x, y, pid, gen, encoder=True)
-        loss = train_autoencoder(ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
-        model = ae
-    else:
-        model = P.load_arrays(build_classifier(cfg, plan.dataset), P.arrays(msg.content))
-        inputs = encode(_encoder(context, cfg, plan), x) if cfg.is_latent else x
-        gen = generator(cfg.seed, pid, rnd, 1)
-        if cfg.dp:
-            return _train_private(msg, context, cfg, model, inputs, y, pid, gen)
-        loss = train_classifier(
-            model, inputs, y, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen
+    encoder = config.get("phase") == P.PHASE_ENCODER
+    store = _store(msg, context, cfg, pid)
+
+    def answer() -> tuple[dict[str, float], dict[str, ArrayRecord]]:
+        model: torch.nn.Module
+        if encoder:
+            model = P.load_arrays(build_autoencoder(cfg, plan.dataset), P.arrays(msg.content))
+            inputs, private, stream, epochs = x, cfg.encoder_dp, 0, cfg.ae_epochs
+        else:
+            model = P.load_arrays(build_classifier(cfg, plan.dataset), P.arrays(msg.content))
+            inputs = encode(_encoder(context, cfg, plan), x) if cfg.is_latent else x
+            private, stream, epochs = cfg.dp, 1, cfg.local_epochs
+        metrics: dict[str, float] = {"num-examples": len(x), P.UNIT_WEIGHT: 1, "partition-id": pid}
+        if private:  # DP-SGD, or a refusal when the round would overspend the budget
+            ledger = _load_ledger(context, cfg, store, resumed=_resumed(msg))
+            gen = noise_generator(cfg, pid, rnd, stream)
+            spent, trained = dp_train_round(cfg, model, inputs, y, ledger=ledger, generator=gen, encoder=encoder)
+            _save_ledger(context, store, ledger)  # before the reply leaves: a lost reply still counts
+            return metrics | spent, {P.ARRAYS: P.module_to_arrays(model)} if trained else {}
+        gen, batch = generator(cfg.seed, pid, rnd, stream), cfg.batch_size
+        if isinstance(model, Autoencoder):
+            loss = train_autoencoder(model, x, epochs=epochs, batch_size=batch, lr=cfg.lr, generator=gen)
+        else:
+            loss = train_classifier(model, inputs, y, epochs=epochs, batch_size=batch, lr=cfg.lr, generator=gen)
+        return metrics | {"train-loss": loss}, {P.ARRAYS: P.module_to_arrays(model)}
+
+    return _answer_once(msg, store, "train-encoder" if encoder else "train-classifier", rnd, answer)
+
+
+def _load_ledger(context: Context, cfg: RunConfig, store: ClientStore | None, *, resumed: bool) -> Ledger:
+    """The client's ledger: from its store, else from Flower's state, else a fresh one.
+
+    In a resumed run a client without a store refuses to start a fresh ledger: what it spent
+    before the interruption lived in a Flower state that is gone, and starting again at ε = 0
+    would overspend its budget.
+    """
+    if store is not None:
+        state = store.ledger()
+        return Ledger.from_config(state) if state is not None else new_ledger(cfg)
+    if LEDGER_STATE in context.state.config_records:
+        return Ledger.from_config(context.state.config_records[LEDGER_STATE])
+    if resumed:
+        raise RuntimeError(
+            "resumed run: this client kept its privacy ledger in memory only (no state-dir / client-state-dir), "
+            "so what it spent before the interruption is lost; it takes no private step"
         )
-    metrics = {"num-examples": len(x), P.UNIT_WEIGHT: 1, "train-loss": loss, "partition-id": pid}
-    return P.reply(msg, metrics=metrics, arrays={P.ARRAYS: P.module_to_arrays(model)})
-
-
-def _train_private(
-    msg: Message,
-    context: Context,
-    cfg: RunConfig,
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    pid: int,
-    gen: torch.Generator,
-    *,
-    encoder: bool = False,
-) -> Message:
-    """A DP-SGD round, or a refusal when the round would overspend the client's budget."""
-    ledger = _load_ledger(context.state, cfg)
-    metrics, trained = dp_train_round(cfg, model, x, y, ledger=ledger, generator=gen, encoder=encoder)
-    _save_ledger(context.state, ledger)
-    metrics.update({"num-examples": len(x), P.UNIT_WEIGHT: 1, "partition-id": pid})
-    return P.reply(msg, metrics=metrics, arrays={P.ARRAYS: P.module_to_arrays(model)} if trained else None)
-
-
-def _load_ledger(state: RecordDict, cfg: RunConfig) -> Ledger:
-    """The client's ledger from its persistent state (a fresh one on first use)."""
-    if LEDGER_STATE in state.config_records:
-        return Ledger.from_config(state.config_records[LEDGER_STATE])
     return new_ledger(cfg)
 
 
-def _save_ledger(state: RecordDict, ledger: Ledger) -> None:
-    """Persist the ledger in the client's state (it survives fresh ClientApp processes)."""
-    state[LEDGER_STATE] = ConfigRecord(ledger.to_config())  # type: ignore[arg-type]
+def _save_ledger(context: Context, store: ClientStore | None, ledger: Ledger) -> None:
+    """Persist the ledger in Flower's state (fresh ClientApp processes) and in the store (resumed runs)."""
+    context.state[LEDGER_STATE] = ConfigRecord(ledger.to_config())  # type: ignore[arg-type]
+    if store is not None:
+        store.save_ledger(ledger.to_config())
 
 
 @app.evaluate()
@@ -172,47 +220,60 @@ def set_encoder(msg: Message, context: Context) -> Message:
 
 @app.query("local_encoder")
 def local_encoder(msg: Message, context: Context) -> Message:
-    """Train a private autoencoder; only its encoder is kept, and it never leaves."""
+    """Train a private autoencoder; only its encoder is kept (in state and store), and it never leaves."""
     cfg, plan, pid = _setup(context)
     x, _ = plan.client(pid)
-    ae = build_autoencoder(cfg, plan.dataset)
-    loss = train_autoencoder(
-        ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator(cfg.seed, pid, 0, 2)
-    )
-    context.state[ENCODER_STATE] = P.module_to_arrays(ae.encoder)  # the decoder is dropped here
-    return P.reply(msg, metrics={"num-examples": len(x), "recon-loss": loss, "partition-id": pid})
+    store = _store(msg, context, cfg, pid)
+    kept = store.release("local-encoder") if store is not None else None
+    if kept is not None:  # a resumed run: the same encoder, not a retrained one
+        record, metrics = P.numpy_record(kept.arrays["encoder"]), kept.metrics
+    else:
+        ae = build_autoencoder(cfg, plan.dataset)
+        gen = generator(cfg.seed, pid, 0, 2)
+        loss = train_autoencoder(ae, x, epochs=cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
+        record = P.module_to_arrays(ae.encoder)  # the decoder is dropped here
+        metrics = {"num-examples": len(x), "recon-loss": loss, "partition-id": pid}
+        if store is not None:
+            arrays = {"encoder": P.record_numpy(record)}
+            store.save_release("local-encoder", Release(round=0, digest="", metrics=metrics, arrays=arrays))
+    context.state[ENCODER_STATE] = record
+    return P.reply(msg, metrics=metrics)
 
 
 @app.query("share_latents")
 def share_latents(msg: Message, context: Context) -> Message:
-    """Encode the private partition and send latents + labels (no images).
+    """Encode the private partition and send latents + labels (no images), once.
 
     The encoder comes with the query when the server holds one, else from this client's state.
     """
     cfg, plan, pid = _setup(context)
-    x, y = plan.client(pid)
-    if P.ARRAYS in msg.content.array_records:
-        encoder = P.load_arrays(_new_encoder(cfg, plan), P.arrays(msg.content))
-    else:
-        encoder = _encoder(context, cfg, plan)
-    latents = encode(encoder, x)
-    metrics: dict[str, float] = {"num-examples": len(x), "partition-id": pid}
-    if cfg.dp:
-        ledger = _load_ledger(context.state, cfg)
-        released = dp.release_latents(
-            latents,
-            y,
-            clip=cfg.latent_clip,
-            noise_std=release_noise_std(cfg),
-            label_epsilon=cfg.label_epsilon,
-            num_classes=plan.dataset.num_classes,
-            ledger=ledger,
-            generator=generator(cfg.seed, pid, 0, 3),
-        )
-        _save_ledger(context.state, ledger)
-        if released is None:
-            return P.reply(msg, metrics={**metrics, "refused": 1, "epsilon-spent": ledger.spent()})
-        latents, y, extra = released
-        metrics.update(extra)
-    record: ArrayRecord = P.pack_latents(latents.numpy(), y.numpy())
-    return P.reply(msg, metrics=metrics, arrays={P.LATENTS: record})
+    store = _store(msg, context, cfg, pid)
+
+    def answer() -> tuple[dict[str, float], dict[str, ArrayRecord]]:
+        x, y = plan.client(pid)
+        if P.ARRAYS in msg.content.array_records:
+            encoder = P.load_arrays(_new_encoder(cfg, plan), P.arrays(msg.content))
+        else:
+            encoder = _encoder(context, cfg, plan)
+        latents = encode(encoder, x)
+        metrics: dict[str, float] = {"num-examples": len(x), "partition-id": pid}
+        if cfg.dp:
+            ledger = _load_ledger(context, cfg, store, resumed=_resumed(msg))
+            released = dp.release_latents(
+                latents,
+                y,
+                clip=cfg.latent_clip,
+                noise_std=release_noise_std(cfg),
+                label_epsilon=cfg.label_epsilon,
+                num_classes=plan.dataset.num_classes,
+                ledger=ledger,
+                generator=noise_generator(cfg, pid, 0, 3),
+            )
+            _save_ledger(context, store, ledger)
+            if released is None:
+                return {**metrics, "refused": 1, "epsilon-spent": ledger.spent()}, {}
+            latents, y, extra = released
+            metrics.update(extra)
+        return metrics, {P.LATENTS: P.pack_latents(latents.numpy(), y.numpy())}
+
+    return _answer_once(msg, store, "share-latents", 0, answer)

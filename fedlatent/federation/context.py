@@ -1,9 +1,9 @@
-"""What every phase of a run shares, and how the server reaches the nodes.
+"""What every phase of a run shares.
 
-``RunContext`` carries one run's grid, nodes, config, plan and recorders; ``make_contract``
-derives the run's reply contract from facts the server knows; ``broadcast`` sends a query to
-every live node and waits at most ``round-timeout`` for the replies, naming silent nodes;
-``identify`` binds nodes to partitions before seeded sampling.
+``RunContext`` carries one run's grid, nodes, config, plan, recorders and checkpointer;
+``make_contract`` derives the run's reply contract from facts the server knows;
+``wait_for_nodes`` waits for the federation's SuperNodes. How messages reach the nodes is
+``rounds``.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import math
 import time
 from dataclasses import dataclass
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
 from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
+from fedlatent.federation.checkpoint import Checkpoint, Checkpointer
 from fedlatent.federation.report import RunRecord
 from fedlatent.federation.server_view import ServerView
 from fedlatent.federation.strategy import Inbox, Traffic
-from fedlatent.learning.progress import Progress
 from fedlatent.plan import DataPlan
 
 log = logging.getLogger("fedlatent")
@@ -39,11 +39,19 @@ class RunContext:
     traffic: Traffic
     record: RunRecord
     contract: P.Contract
+    checkpoint: Checkpointer
+    resumed: Checkpoint | None = None  # the checkpoint this run continues, if any
 
     @property
     def inbox(self) -> Inbox:
         """Every reply goes through here: the contract, then the server view."""
         return Inbox(self.contract, self.view, self.traffic)
+
+    def stamp(self, config: ConfigRecord) -> ConfigRecord:
+        """``config`` plus what every message carries: the run key (clients file their stores under it), resumed."""
+        config["run-key"] = self.checkpoint.run_key
+        config["resumed"] = self.resumed is not None
+        return config
 
 
 def make_contract(cfg: RunConfig, plan: DataPlan) -> P.Contract:
@@ -76,39 +84,3 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0, settle: float = 3
         if time.time() > deadline:
             raise TimeoutError(f"only {len(nodes)} of num-clients={n} SuperNodes connected in {timeout:.0f}s")
         time.sleep(0.5)
-
-
-def broadcast(run: RunContext, message_type: str, content: RecordDict, *, poll: float = 0.5) -> list[Message]:
-    """Send one body to every live node of the run and return their replies, logging progress.
-
-    Flower's ``send_and_receive`` does the same silently (and polls every 3 s); with 1,000
-    clients a broadcast takes minutes, so the replies are pulled here and counted as they come.
-    A node silent after ``round-timeout`` seconds is named in the log and left out.
-    """
-    name = message_type.removeprefix("query.")
-    alive = set(run.grid.get_node_ids())
-    nodes = [n for n in run.nodes if n in alive]
-    messages = (Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes)
-    replies: list[Message] = []
-    deadline = time.monotonic() + run.cfg.round_timeout
-    with run.record.timed(name):
-        sent = dict(zip(run.grid.push_messages(run.traffic.sent(messages)), nodes, strict=True))
-        pending = set(sent)
-        progress = Progress(name, len(pending), unit="replies", after=10)
-        while pending and time.monotonic() < deadline:
-            pulled = list(run.grid.pull_messages(pending))
-            replies += pulled
-            pending -= {m.metadata.reply_to_message_id for m in pulled}
-            if pulled:
-                progress(len(replies))
-            if pending:
-                time.sleep(poll)
-    if silent := sorted(sent[m] for m in pending):
-        log.warning("%s: no reply from node(s) %s within round-timeout=%gs", name, silent, run.cfg.round_timeout)
-    return replies
-
-
-def identify(run: RunContext) -> None:
-    """Ask every node for its partition once, so that seeded sampling draws partitions, not node ids."""
-    for m in broadcast(run, P.Q_IDENTIFY, RecordDict({P.CONFIG: ConfigRecord()})):
-        run.inbox.accept(m, phase="identify", rnd=0)

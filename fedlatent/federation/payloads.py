@@ -107,6 +107,16 @@ def check_arrays(record: ArrayRecord, shapes: Mapping[str, tuple[int, ...]]) -> 
     return out
 
 
+def record_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The arrays of a record as numpy, in order (for storing them)."""
+    return {key: record[key].numpy() for key in record.keys()}
+
+
+def numpy_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Inverse of ``record_numpy``."""
+    return ArrayRecord({key: Array(np.ascontiguousarray(value)) for key, value in arrays.items()})
+
+
 def shapes_of(module: nn.Module) -> dict[str, tuple[int, ...]]:
     """Key -> shape of every entry of ``module.state_dict()``."""
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
@@ -121,11 +131,8 @@ def load_arrays(module: M, record: ArrayRecord) -> M:
 
 def pack_latents(latents: np.ndarray, labels: np.ndarray) -> ArrayRecord:
     """Latents ``(n, d)`` and their labels ``(n,)`` as one ArrayRecord."""
-    return ArrayRecord(
-        {
-            "latents": Array(np.ascontiguousarray(latents, dtype=np.float32)),
-            "labels": Array(np.ascontiguousarray(labels, dtype=np.int64)),
-        }
+    return numpy_record(
+        {"latents": latents.astype(np.float32, copy=False), "labels": labels.astype(np.int64, copy=False)}
     )
 
 

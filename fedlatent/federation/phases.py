@@ -7,6 +7,10 @@
                ``latent-share``: collect latents once, train the classifier on the server.
 3. evaluation  on the test split: centrally when the server holds the encoder (or in
                ``raw``), else federated, each client through its own encoder.
+
+Each step ends with a checkpoint (``run.checkpoint.save``), and each starts from the one a
+resumed run continues (``run.resumed``): a step done is never done again, a step begun is
+done again from its start.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import logging
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 
 from fedlatent.federation import payloads as P
-from fedlatent.federation.context import RunContext, broadcast
+from fedlatent.federation.context import RunContext
+from fedlatent.federation.rounds import broadcast, fedavg_rounds
 from fedlatent.federation.strategy import ClientLevelDP, RecordingFedAvg, RoundFailed, client_floor
-from fedlatent.learning.models import Encoder
+from fedlatent.learning.models import Autoencoder, Encoder
 from fedlatent.learning.progress import Progress
 from fedlatent.learning.seeding import generator
 from fedlatent.learning.training import encode, evaluate, train_classifier
@@ -63,77 +68,91 @@ def recording_fedavg(
 
 def encoder_phase(run: RunContext) -> Encoder | None:
     """Make the encoder; return it when the server holds one (``local``: None)."""
-    cfg, plan = run.cfg, run.plan
+    cfg, plan, done = run.cfg, run.plan, run.checkpoint.stage.encoder_done
     if cfg.encoder == "local":
         replies = broadcast(run, P.Q_LOCAL_ENCODER, RecordDict({P.CONFIG: ConfigRecord()}))
         ok = [run.inbox.accept(m, phase="local-encoder", rnd=0) for m in replies]
-        log.info("local encoders trained on %d of %d clients", sum(p is not None for p in ok), len(run.nodes))
+        log.info("local encoders ready on %d of %d clients", sum(p is not None for p in ok), len(run.nodes))
+        run.checkpoint.save(encoder_done=True)
         return None
+    if done:  # a resumed run: the encoder it made is in the server view
+        encoder = P.load_arrays(build_encoder(cfg, plan.dataset), run.view.load("encoder.npz"))
+        log.info("%s encoder restored from the server view", cfg.encoder)
+        return _distribute(run, encoder)
     if cfg.encoder == "scatternet":  # data-free: nothing to train, every party could build it
         encoder = build_encoder(cfg, plan.dataset)
         log.info("scatternet encoder: %d fixed features per image, no data used", cfg.feature_dim)
-        return _distribute(run, encoder)
-    if cfg.encoder == "public":
+    elif cfg.encoder == "public":
         progress = Progress("public autoencoder", cfg.ae_epochs)
         ae, loss, hit = public_autoencoder(cfg, plan, on_epoch=progress)
         how = "loaded from the cache" if hit else "trained"
         log.info("public autoencoder %s (%d records), loss %.4f", how, len(plan.public_idx), loss)
+        encoder = ae.encoder  # the decoder is discarded here
     else:
-        ae = build_autoencoder(cfg, plan.dataset)
-        strategy = recording_fedavg(run, phase=P.PHASE_ENCODER, model=ae)
-        result = strategy.start(grid=run.grid, initial_arrays=P.module_to_arrays(ae), num_rounds=cfg.encoder_rounds)
-        P.load_arrays(ae, result.arrays)
-    return _distribute(run, ae.encoder)  # the decoder is discarded here
+        encoder = _federated_autoencoder(run).encoder  # the decoder is discarded here
+    run.view.encoder(P.module_to_arrays(encoder), arch=_arch(run))
+    run.checkpoint.save(encoder_done=True)
+    return _distribute(run, encoder)
+
+
+def _federated_autoencoder(run: RunContext) -> Autoencoder:
+    """FedAvg of the autoencoder, from round 1 or from the round a resumed run had reached."""
+    cfg, stage = run.cfg, run.checkpoint.stage
+    ae = build_autoencoder(cfg, run.plan.dataset)
+    arrays = run.checkpoint.arrays["autoencoder"] if stage.encoder_round else P.module_to_arrays(ae)
+    strategy = recording_fedavg(run, phase=P.PHASE_ENCODER, model=ae)
+
+    def after_round(rnd: int, arrays: ArrayRecord) -> None:
+        run.checkpoint.save({"autoencoder": arrays}, encoder_round=rnd)
+
+    rounds = range(stage.encoder_round + 1, cfg.encoder_rounds + 1)
+    return P.load_arrays(ae, fedavg_rounds(run, strategy, name="encoder", arrays=arrays, rounds=rounds,
+                                           after_round=after_round))  # fmt: skip
+
+
+def _arch(run: RunContext) -> dict[str, object]:
+    cfg = run.cfg
+    return {"image_shape": list(run.plan.dataset.image_shape), "latent_dim": cfg.feature_dim, "arch": cfg.encoder_arch}
 
 
 def _distribute(run: RunContext, encoder: Encoder) -> Encoder:
-    """Record the frozen encoder in the server view and send it to the clients (latent-fedavg)."""
-    cfg, plan, view = run.cfg, run.plan, run.view
-    encoder_arrays = P.module_to_arrays(encoder)
-    arch = {"image_shape": list(plan.dataset.image_shape), "latent_dim": cfg.feature_dim, "arch": cfg.encoder_arch}
-    view.encoder(encoder_arrays, arch=arch)
-    if cfg.mode != "latent-share":  # latent-share sends it with its one query instead (share_phase)
-        for m in broadcast(run, P.Q_SET_ENCODER, RecordDict({P.ARRAYS: encoder_arrays})):
+    """Send the frozen encoder to the clients (latent-fedavg; latent-share sends it with its one query)."""
+    if run.cfg.mode != "latent-share":
+        content = RecordDict({P.ARRAYS: P.module_to_arrays(encoder)})
+        for m in broadcast(run, P.Q_SET_ENCODER, content):
             run.inbox.accept(m, phase="set-encoder", rnd=0)
     return encoder
 
 
 def fedavg_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
-    """FedAvg of the classifier; history from central or federated evaluation."""
-    cfg, plan, record = run.cfg, run.plan, run.record
+    """FedAvg of the classifier, from round 1 or where a resumed run stopped; a history row per round."""
+    cfg, plan, record, stage = run.cfg, run.plan, run.record, run.checkpoint.stage
     model = build_classifier(cfg, plan.dataset)
     central = not (cfg.is_latent and encoder is None)
-
-    def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if rnd == 0:
-            return None
-        acc = central_accuracy(P.load_arrays(model, arrays), plan, encoder)
-        record.history.append({"round": rnd, "accuracy": acc})
-        log.info("round %d: test accuracy %.4f", rnd, acc)
-        return MetricRecord({"accuracy": acc})
-
     strategy = recording_fedavg(
         run, phase=P.PHASE_CLASSIFIER, model=model, federated_evaluation=not central, uniform=cfg.client_dp_noise > 0
     )
     runner: Strategy = strategy
     if cfg.client_dp_noise > 0:
         runner = ClientLevelDP(strategy, noise_multiplier=cfg.client_dp_noise, clipping_norm=cfg.client_dp_clip)
-        record.privacy.client_level = runner.multipliers  # filled in as rounds are released
-    result = runner.start(
-        grid=run.grid,
-        initial_arrays=P.module_to_arrays(model),
-        num_rounds=cfg.rounds,
-        evaluate_fn=evaluate_fn if central else None,
-    )
-    if not central:
-        for rnd, accs in sorted(strategy.client_eval.rounds.items()):
-            record.history.append(
-                {"round": rnd, "accuracy": float(np.mean(list(accs.values()))), "client_accuracy": accs}
-            )
-    for row in record.history:  # how each round's cost grows with the clients (benchmarks read it)
-        if row["round"] in strategy.round_seconds:
-            row["seconds"] = strategy.round_seconds[row["round"]]
-    return P.load_arrays(model, result.arrays)
+        runner.multipliers = record.privacy.client_level = record.privacy.client_level or []
+
+    def after_round(rnd: int, arrays: ArrayRecord) -> None:
+        row: dict[str, object] = {"round": rnd}
+        if central:
+            row["accuracy"] = central_accuracy(P.load_arrays(model, arrays), plan, encoder)
+            log.info("round %d: test accuracy %.4f", rnd, row["accuracy"])
+        elif accs := strategy.client_eval.rounds.get(rnd):
+            row |= {"accuracy": float(np.mean(list(accs.values()))), "client_accuracy": accs}
+        if rnd in strategy.round_seconds:  # how each round's cost grows with the clients (benchmarks read it)
+            row["seconds"] = strategy.round_seconds[rnd]
+        record.history.append(row)
+        run.checkpoint.save({"classifier": arrays}, classifier_round=rnd)
+
+    start = run.checkpoint.arrays["classifier"] if stage.classifier_round else P.module_to_arrays(model)
+    rounds = range(stage.classifier_round + 1, cfg.rounds + 1)
+    last = fedavg_rounds(run, runner, name="classifier", arrays=start, rounds=rounds, after_round=after_round)
+    return P.load_arrays(model, last)
 
 
 def collect_latents(run: RunContext, encoder: Encoder | None) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -145,19 +164,25 @@ def collect_latents(run: RunContext, encoder: Encoder | None) -> tuple[torch.Ten
     """
     cfg, view = run.cfg, run.view
     pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    content = RecordDict({P.CONFIG: ConfigRecord()})
-    if encoder is not None:
-        content[P.ARRAYS] = P.module_to_arrays(encoder)
-    for msg in broadcast(run, P.Q_SHARE_LATENTS, content):
-        checked = run.inbox.accept(msg, phase="share-latents", rnd=0)
-        if checked is None or run.record.privacy.note(msg, pid=checked[0], phase="share-latents", rnd=0):
-            continue
-        pid, arrays = checked
-        view.latents(pid, arrays["latents"], arrays["labels"])
-        pooled[pid] = (torch.from_numpy(arrays["latents"]), torch.from_numpy(arrays["labels"]))
-    floor = client_floor(cfg.min_clients, len(run.nodes))
-    if len(pooled) < floor:
-        raise RoundFailed(f"share-latents: {len(pooled)} client(s) shared valid latents, below min-clients={floor}")
+    if run.checkpoint.stage.latents:  # a resumed run: the releases it received are in the server view
+        for pid, arrays in view.stored_latents().items():
+            pooled[pid] = (torch.from_numpy(arrays["latents"]), torch.from_numpy(arrays["labels"]))
+        log.info("latents of %d clients restored from the server view", len(pooled))
+    else:
+        content = RecordDict({P.CONFIG: ConfigRecord()})
+        if encoder is not None:
+            content[P.ARRAYS] = P.module_to_arrays(encoder)
+        for msg in broadcast(run, P.Q_SHARE_LATENTS, content):
+            checked = run.inbox.accept(msg, phase="share-latents", rnd=0)
+            if checked is None or run.record.privacy.note(msg, pid=checked[0], phase="share-latents", rnd=0):
+                continue
+            pid, arrays = checked
+            view.latents(pid, arrays["latents"], arrays["labels"])
+            pooled[pid] = (torch.from_numpy(arrays["latents"]), torch.from_numpy(arrays["labels"]))
+        floor = client_floor(cfg.min_clients, len(run.nodes))
+        if len(pooled) < floor:
+            raise RoundFailed(f"share-latents: {len(pooled)} client(s) shared valid latents, below min-clients={floor}")
+        run.checkpoint.save(latents=True)
     parts = [pooled[pid] for pid in sorted(pooled)]
     return torch.cat([z for z, _ in parts]), torch.cat([y for _, y in parts]), len(parts)
 

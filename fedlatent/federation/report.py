@@ -42,6 +42,7 @@ class RunRecord:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase, as it ran
     public_only: dict[str, Any] | None = None  # mode public-only: both classifiers' accuracies
     rejected: list[dict[str, Any]] = field(default_factory=list)  # the server view's rejected replies
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # each resume: the stage it continued from
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -73,6 +74,7 @@ class RunRecord:
             "phase_seconds": dict(self.seconds),
             "public_only": self.public_only,
             "rejected_replies": rejected_summary(self.rejected),
+            "resumes": self.resumes,
             "history": self.history,
             "seed": cfg.seed,
             "records": {
@@ -136,7 +138,7 @@ def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
         }
     per_client = {str(i): privacy.epsilon.get(i, 0.0) for i in range(cfg.num_clients)}
     encoder_ok = cfg.mode == "raw" or cfg.encoder in ("public", "scatternet") or cfg.encoder_dp  # scatternet: no data
-    end_to_end = encoder_ok and not labels_in_clear
+    end_to_end = encoder_ok and not labels_in_clear and not cfg.reproducible_noise
     notes = [
         "epsilon: record-level ("
         + (
@@ -160,6 +162,11 @@ def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
             f"The {cfg.encoder} encoder was trained on private data without DP: it is part of the mechanism, so "
             "the end-to-end guarantee is NOT differential privacy, whatever the noise after it."
         )
+    if cfg.reproducible_noise:
+        notes.append(
+            "reproducible-noise is set: the noise was drawn from the public seed, so anyone who knows the run's "
+            "settings can recompute and subtract it. NO differential privacy holds, whatever epsilon says."
+        )
     noise = privacy.noise_multiplier
     return {
         "epsilon": max(per_client.values()),
@@ -170,6 +177,7 @@ def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
         "noise_multiplier_per_client": {str(k): v for k, v in sorted(noise.items())},
         "end_to_end_dp": end_to_end,
         "labels_in_clear": labels_in_clear,
+        "noise_secret": not cfg.reproducible_noise,
         "refusals": privacy.refusals,
         "privacy_note": " ".join(notes),
     }

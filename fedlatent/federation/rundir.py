@@ -24,6 +24,9 @@ from typing import Any
 
 from fedlatent.config import ConfigError, RunConfig
 
+CHECKPOINT = "checkpoint"  # the folder of a run's checkpoint (``federation.checkpoint``)
+CLIENT_STATE = "client_state"  # what the clients the CLI starts keep on "their own disks" (``client_store``)
+
 
 def _requested(cfg: RunConfig) -> Path:
     if cfg.out_dir:
@@ -47,9 +50,10 @@ def check_out_dir(path: str | Path, *, overwrite: bool) -> Path:
         raise ConfigError(f"config key 'out-dir' = {str(path)!r}: exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         held = ", ".join(sorted(p.name for p in path.iterdir())[:4])
+        again = " or continue its run (fedlatent run --resume DIR)," if (path / CHECKPOINT).is_dir() else ""
         raise ConfigError(
             f"config key 'out-dir' = {str(path)!r} already holds files ({held}, ...): runs must not mix; "
-            "choose a fresh directory, or set 'overwrite' (--overwrite true) to empty it first"
+            f"choose a fresh directory,{again} or set 'overwrite' (--overwrite true) to empty it first"
         )
     return path.resolve()
 
@@ -64,6 +68,33 @@ def run_directory(cfg: RunConfig) -> Path:
             else:
                 shutil.rmtree(child)
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def resumable(cfg: RunConfig) -> Path:
+    """The absolute run directory a resume (``resume = true``) would continue, if it can.
+
+    Raises
+    ------
+    ConfigError
+        No ``out-dir``, a symbolic link, a directory without a checkpoint, or a finished run.
+    """
+    if not cfg.out_dir:
+        raise ConfigError("config key 'resume' needs 'out-dir': the directory of the run to continue")
+    out = Path(cfg.out_dir).expanduser()
+    if out.is_symlink():
+        raise ConfigError(f"config key 'out-dir' = {str(out)!r}: is a symbolic link; give the real directory")
+    if not (out / CHECKPOINT / "state.json").is_file():
+        raise ConfigError(f"{out} holds no checkpoint ({CHECKPOINT}/state.json): nothing to resume")
+    if (out / "results.json").exists():
+        raise ConfigError(f"{out} holds a finished run (results.json): nothing to resume")
+    return out.resolve()
+
+
+def resume_directory(cfg: RunConfig) -> Path:
+    """The run directory a resume continues (``resumable``), its ``FAILED`` marker removed."""
+    out = resumable(cfg)
+    (out / "FAILED").unlink(missing_ok=True)
     return out
 
 

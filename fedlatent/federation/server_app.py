@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,12 @@ from flwr.serverapp import Grid, ServerApp
 from fedlatent.baselines import train_public_only
 from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
-from fedlatent.federation.context import RunContext, identify, make_contract, wait_for_nodes
+from fedlatent.federation.checkpoint import Checkpointer, load_checkpoint
+from fedlatent.federation.context import RunContext, make_contract, wait_for_nodes
 from fedlatent.federation.phases import central_accuracy, encoder_phase, fedavg_phase, federated_evaluation, share_phase
 from fedlatent.federation.report import RunRecord
-from fedlatent.federation.rundir import mark_failed, run_directory
+from fedlatent.federation.rounds import identify
+from fedlatent.federation.rundir import mark_failed, resume_directory, run_directory
 from fedlatent.federation.server_view import ServerView
 from fedlatent.federation.strategy import Traffic
 from fedlatent.jsonable import jsonable
@@ -37,37 +40,47 @@ log = logging.getLogger("fedlatent")
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run every phase and export the run directory."""
+    """Run every phase and export the run directory (a fresh one, or the one a resume continues)."""
     show_log()
-    start = time.time()
     cfg = RunConfig.from_run_config(context.run_config)
     nodes = wait_for_nodes(grid, cfg.num_clients)
     cfg = dataclasses.replace(cfg, num_clients=len(nodes))  # num-clients 0: every SuperNode
     preflight(cfg)  # as the CLI does, for flwr run users: no run directory for a run that cannot work
-    out = run_directory(cfg)
-    log.info("fedlatent run -> %s", out)
+    out = resume_directory(cfg) if cfg.resume else run_directory(cfg)
+    log.info("fedlatent run -> %s%s", out, " (resumed)" if cfg.resume else "")
     try:
-        _run(grid, cfg, nodes, out, start)
+        _run(grid, cfg, nodes, out)
     except BaseException as err:  # the directory must say the run failed, and why
         mark_failed(out, err)
         raise
 
 
-def _run(grid: Grid, cfg: RunConfig, nodes: list[int], out: Path, start: float) -> None:
-    """Every phase of one run into ``out`` (a fresh directory)."""
+def _run(grid: Grid, cfg: RunConfig, nodes: list[int], out: Path) -> None:
+    """Every phase of one run into ``out``, from its start or from its checkpoint."""
+    start = time.time()
     plan = make_plan(cfg)
-    record = RunRecord(cfg=cfg, out=out, plan=plan)
+    resumed = load_checkpoint(out, cfg) if cfg.resume else None
+    record, traffic = RunRecord(cfg=cfg, out=out, plan=plan), Traffic()
     view = ServerView(out / "server_view", settings=jsonable(cfg.to_run_config()))
-    view.public_index(plan.public_idx)
-    contract = make_contract(cfg, plan)
-    run = RunContext(grid=grid, nodes=nodes, cfg=cfg, plan=plan, view=view, traffic=Traffic(), record=record,
-                     contract=contract)  # fmt: skip
+    before = resumed.restore(record, traffic, view) if resumed else 0.0
+    if resumed is None:
+        view.public_index(plan.public_idx)
+
+    def elapsed() -> float:
+        return before + time.time() - start
+
+    checkpoint = Checkpointer(
+        out, run_key=resumed.run_key if resumed else uuid.uuid4().hex, cfg=cfg, record=record, traffic=traffic,
+        view=view, elapsed=elapsed, resumed=resumed,
+    )  # fmt: skip
+    run = RunContext(grid=grid, nodes=nodes, cfg=cfg, plan=plan, view=view, traffic=traffic, record=record,
+                     contract=make_contract(cfg, plan), checkpoint=checkpoint, resumed=resumed)  # fmt: skip
     try:
         _phases(run)
     finally:  # also when a round fails: the server view keeps what was received and rejected
         view.close()
     record.rejected = list(view.manifest["rejected"])
-    record.finish(bytes_up=run.traffic.up, bytes_down=run.traffic.down, seconds=time.time() - start)
+    record.finish(bytes_up=traffic.up, bytes_down=traffic.down, seconds=elapsed())
     log.info("accuracy %.4f, results in %s", record.accuracy, out / "results.json")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 
 FORMAT_VERSION = 1
 
@@ -42,6 +42,7 @@ class ServerView:
             "files": [],
             "rejected": [],
         }
+        self.metrics_lines = 0  # lines of metrics.jsonl written by this run (a checkpoint records it)
 
     def _save(self, rel: str, arrays: Mapping[str, np.ndarray]) -> None:
         path = self.root / rel
@@ -80,10 +81,43 @@ class ServerView:
         line = {"phase": phase, "round": rnd, "node_id": node_id, "metrics": dict(values)}
         with (self.root / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(line) + "\n")
+        self.metrics_lines += 1
 
     def rejected(self, phase: str, rnd: int, node_id: int, reason: str) -> None:
         """A reply that failed the checks (kept out of training and out of the view)."""
         self.manifest["rejected"].append({"phase": phase, "round": rnd, "node_id": node_id, "reason": reason})
+
+    def load(self, rel: str) -> ArrayRecord:
+        """An array file this view wrote (e.g. ``encoder.npz``), as the record it was written from."""
+        if rel not in self.manifest["files"]:
+            raise FileNotFoundError(f"{rel} is not in the server view {self.root}")
+        with np.load(self.root / rel) as npz:
+            return ArrayRecord({k: Array(npz[k]) for k in npz.files})
+
+    def stored_latents(self) -> dict[int, dict[str, np.ndarray]]:
+        """Every latent release in the view, by partition (what a resumed latent-share run pools)."""
+        out = {}
+        for rel in self.manifest["files"]:
+            if rel.startswith("latents/p"):
+                with np.load(self.root / rel) as npz:
+                    out[int(rel.removeprefix("latents/p").removesuffix(".npz"))] = {k: npz[k] for k in npz.files}
+        return out
+
+    def restore(self, manifest: Mapping[str, Any], *, metrics_lines: int) -> None:
+        """Continue a view as a checkpoint left it: its manifest, and nothing received after it.
+
+        Files the manifest does not list and metric lines past ``metrics_lines`` came from the
+        step the run was killed in; that step is redone, so they are removed rather than kept twice.
+        """
+        self.manifest = json.loads(json.dumps(dict(manifest)))  # a copy the run can extend
+        kept = set(self.manifest["files"]) | {"manifest.json", "metrics.jsonl"}
+        for path in sorted(self.root.rglob("*")):
+            if path.is_file() and path.relative_to(self.root).as_posix() not in kept:
+                path.unlink()
+        log = self.root / "metrics.jsonl"
+        lines = log.read_text().splitlines(keepends=True) if log.is_file() else []
+        log.write_text("".join(lines[:metrics_lines]))
+        self.metrics_lines = metrics_lines
 
     def close(self) -> None:
         """Write ``manifest.json``."""

@@ -199,10 +199,13 @@ class RecordingFedAvg(FedAvg):
         """The replies that pass the contract; each one is recorded, each rejection logged.
 
         Raises ``RoundFailed`` when fewer than ``min_clients`` sampled clients answered validly
-        (a budget refusal counts as an answer: the client is alive and keeps its promise).
+        (a budget refusal counts as an answer: the client is alive and keeps its promise). The
+        accepted replies come in partition order, not arrival order: floating-point sums depend
+        on their order, and a run must aggregate the same way every time (resumes included).
         """
         replies = list(replies)
-        accepted, refused = [], 0
+        accepted: list[tuple[int, Message]] = []
+        refused = 0
         for msg in replies:
             checked = self.inbox.accept(msg, phase=self.phase, rnd=server_round, weights=self.shapes)
             if checked is None:
@@ -212,7 +215,7 @@ class RecordingFedAvg(FedAvg):
                 refused += 1
                 continue
             self.inbox.view.received(self.phase, server_round, pid, P.arrays(msg.content))
-            accepted.append(msg)
+            accepted.append((pid, msg))
         answered = {m.metadata.src_node_id for m in replies}
         if silent := [n for n in self._sampled.get(server_round, []) if n not in answered]:
             log.warning("%s round %s: no reply from node(s) %s in the round timeout", self.phase, server_round, silent)
@@ -225,7 +228,7 @@ class RecordingFedAvg(FedAvg):
                 f"of {len(self._sampled.get(server_round, replies))} sampled, below min-clients={self.min_clients}; "
                 f"rejected: {why}"
             )
-        return accepted
+        return [msg for _, msg in sorted(accepted, key=lambda pair: pair[0])]
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -253,10 +256,11 @@ class ClientLevelDP(DifferentialPrivacyServerSideFixedClipping):
 
     Flower clips each update to ``clipping_norm`` around the global model, averages (with
     equal weights: the inner strategy weighs by ``UNIT_WEIGHT``) and adds Gaussian noise of
-    std ``noise_multiplier * clipping_norm / num_sampled_clients``. When fewer updates than
-    planned arrive (refusals, rejections) that noise is smaller relative to one client's
-    influence; ``multipliers`` keeps the effective multiplier of every release so that the
-    accounting (``client_level_epsilon``) uses what really happened.
+    std ``noise_multiplier * clipping_norm / num_sampled_clients``. Here ``num_sampled_clients``
+    is set, every round, to the updates actually averaged: with fewer than planned (dead
+    nodes, refusals, rejections) a fixed planned count would make the noise too small for the
+    mean of fewer updates. ``multipliers`` keeps the multiplier of every release, for the
+    accounting (``report.client_level_summary``).
     """
 
     def __init__(self, strategy: RecordingFedAvg, *, noise_multiplier: float, clipping_norm: float) -> None:
@@ -273,10 +277,11 @@ class ClientLevelDP(DifferentialPrivacyServerSideFixedClipping):
             log.warning("round %s: no valid update; nothing released", server_round)
             return None, None
         self.inner.screened = True
+        self.num_sampled_clients = len(accepted)  # noise for the mean of the updates really averaged
         try:
             arrays, metrics = super().aggregate_train(server_round, accepted)
         finally:
             self.inner.screened = False
         if arrays is not None:
-            self.multipliers.append(self.noise_multiplier * len(accepted) / self.num_sampled_clients)
+            self.multipliers.append(self.noise_multiplier)
         return arrays, metrics

@@ -132,14 +132,19 @@ def _process_table() -> list[tuple[int, int, int, str]]:
 
 
 def tree_sessions(root: int) -> set[int]:
-    """Sessions of ``root`` and its descendants (a child that called setsid leads its own)."""
+    """Sessions of ``root`` and its descendants (a child that called setsid leads its own).
+
+    Never session 0, 1 or the caller's own: ``ps`` reports session 0 for a process in the middle
+    of exiting, and session 0 also holds init and kernel threads; stopping "every process of
+    session 0" once ended this machine's init process. The caller's session is its terminal's.
+    """
     table = _process_table()
     tree, grown = {root}, True
     while grown:  # add children of the tree until none is new
         size = len(tree)
         tree |= {pid for pid, ppid, _, _ in table if ppid in tree}
         grown = len(tree) > size
-    return {root} | {sid for pid, _, sid, _ in table if pid in tree}
+    return ({root} | {sid for pid, _, sid, _ in table if pid in tree}) - _protected_sessions()
 
 
 def free_ports(count: int = 1) -> list[int]:
@@ -161,20 +166,26 @@ def sessions_rss(sessions: set[int]) -> int:
     return total
 
 
-def _live_members(sessions: set[int]) -> list[int]:
-    """Processes of ``sessions`` that are not zombies (those only await reaping)."""
-    return [pid for pid, _, sid, state in _process_table() if sid in sessions and not state.startswith("Z")]
+def _protected_sessions() -> set[int]:
+    return {0, 1, os.getsid(0)}
+
+
+def live_members(sessions: set[int]) -> list[int]:
+    """Processes of ``sessions`` that are not zombies (those only await reaping), never init or the caller."""
+    sessions = sessions - _protected_sessions()
+    return [pid for pid, _, sid, state in _process_table()
+            if sid in sessions and pid > 1 and pid != os.getpid() and not state.startswith("Z")]  # fmt: skip
 
 
 def stop_sessions(sessions: set[int]) -> None:
     """End every live process of ``sessions``: TERM, up to 10 s, then KILL, up to 5 s."""
     for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        members = _live_members(sessions)
+        members = live_members(sessions)
         for pid in members:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace
-        while members and (members := _live_members(sessions)) and time.monotonic() < deadline:
+        while members and (members := live_members(sessions)) and time.monotonic() < deadline:
             time.sleep(0.1)
 
 

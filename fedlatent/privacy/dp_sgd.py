@@ -77,7 +77,8 @@ def dp_fit(
 
     Each step sums the gradients of the sampled records' losses (``record_loss_fn``), each
     clipped to L2 norm ``max_grad_norm``, adds N(0, (noise_multiplier · max_grad_norm)²) noise
-    from a generator seeded by ``generator`` (reproducible; not Opacus' ``secure_mode``) and
+    from a generator seeded by ``generator`` (which also draws the batches: for a guarantee it
+    must be secret, ``plan.noise_generator``; not Opacus' ``secure_mode``) and
     divides by the expected batch size. The base optimizer is Adam, as in non-private
     training, so one ``lr`` serves both (Adam only post-processes privatized gradients).
     Batches are Poisson samples at ``sample_rate = min(1, batch_size / len(x))``,

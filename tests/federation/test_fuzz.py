@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
+from fedlatent.federation.checkpoint import Checkpointer
 from fedlatent.federation.context import RunContext, make_contract
 from fedlatent.federation.phases import collect_latents
 from fedlatent.federation.report import RunRecord
@@ -205,10 +206,12 @@ def test_latent_replies_never_crash_and_only_valid_ones_are_pooled(share_run, da
     cfg, plan, factory = share_run
     msg, valid, kind = data.draw(candidate(lambda: share_reply(plan, 1), P.LATENTS))
     out = factory.mktemp("s")
-    view = ServerView(out / "view", settings={})
+    view, traffic, record = ServerView(out / "view", settings={}), Traffic(), RunRecord(cfg=cfg, out=out, plan=plan)
+    checkpoint = Checkpointer(out, run_key="fuzz", cfg=cfg, record=record, traffic=traffic, view=view,
+                              elapsed=lambda: 0.0)  # fmt: skip
     run = RunContext(grid=Grid([reply_from(1, wire(share_reply(plan, 0))), msg]), nodes=[1, 2], cfg=cfg, plan=plan,  # type: ignore[arg-type]
-                     view=view, traffic=Traffic(), record=RunRecord(cfg=cfg, out=out, plan=plan),
-                     contract=make_contract(cfg, plan))  # fmt: skip
+                     view=view, traffic=traffic, record=record, contract=make_contract(cfg, plan),
+                     checkpoint=checkpoint)  # fmt: skip
     z, y, senders = collect_latents(run, None)
     assert senders == (2 if valid else 1), kind
     assert len(z) == sum(len(plan.client_idx[p]) for p in range(senders)) and len(y) == len(z)

@@ -177,6 +177,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             run_point=lambda cfg: run_one(link, cfg, verbose=args.verbose, timeout=args.timeout),
             attack_point=attack,
             run_config=run_config,
+            resume_config=resume_config,
         )
     md, html = write_report(out)
     print(f"\nsweep: {done['finished']}/{done['points']} points finished ({done['skipped']} from before) "

@@ -4,11 +4,12 @@ What: ``run_sweep(spec, out, run_point=...)`` writes ``out/sweep.json`` (the spe
 points), then for each point not yet finished runs it into ``out/points/<id>/`` — the
 federation (``run_point``, the CLI's ``flwr run`` on a private SuperLink), then the attacks of
 the spec — and writes ``out/points/<id>/point.json`` last, atomically. A point is finished
-exactly when that file exists: an interrupted point (a directory without it) is removed and
-redone from scratch; Ctrl-C stops after writing nothing partial as finished; a point whose
-federation fails is recorded in ``out/failed.json``, the sweep goes on, and the next invocation
-retries it. Every point shares ``out/.cache`` (data and the public autoencoder) unless the
-spec sets ``cache-dir``. Progress goes to the ``fedlatent`` log: points done, elapsed, ETA.
+exactly when that file exists: an interrupted point (a directory without it) is resumed from
+its checkpoint when its federation left one (``resume_config``), else removed and redone;
+Ctrl-C stops after writing nothing partial as finished; a point whose federation fails is
+recorded in ``out/failed.json``, the sweep goes on, and the next invocation retries it. Every
+point shares ``out/.cache`` (data and the public autoencoder) unless the spec sets
+``cache-dir``. Progress goes to the ``fedlatent`` log: points done, elapsed, ETA.
 
 Why the points run in one process with one SuperLink: starting Flower costs seconds per point
 (``cli``'s ``compare`` does the same); the attacks run between points, while the SuperLink idles.
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from fedlatent.bench.sweep import Point, SweepSpec, points
-from fedlatent.config import RunConfig
-from fedlatent.federation.rundir import write_json_atomic
+from fedlatent.config import ConfigError, RunConfig
+from fedlatent.federation.rundir import CHECKPOINT, write_json_atomic
 from fedlatent.jsonable import jsonable
 from fedlatent.learning.progress import bar, clock
 
@@ -58,6 +59,19 @@ def point_config(spec: SweepSpec, out: Path, point: Point, *, run_config: Callab
     return run_config(overrides, default_out=str(point_dir(out, point)))
 
 
+def _resumed(where: Path, resume_config: Callable[..., RunConfig] | None) -> RunConfig | None:
+    """The config that resumes an interrupted point from its checkpoint, or None (then it is redone)."""
+    if resume_config is None or (where / "results.json").exists() or not (where / CHECKPOINT / "state.json").is_file():
+        return None
+    try:
+        cfg = resume_config(where, {})
+    except ConfigError as err:  # e.g. a checkpoint of another fedlatent: redo the point
+        _log.info(f"sweep: {where.name} cannot be resumed ({err})")
+        return None
+    _log.info(f"sweep: {where.name} was interrupted; resuming it from its checkpoint")
+    return cfg
+
+
 def _eta(durations: dict[bool, list[float]], left: list[Point]) -> float:
     """Seconds left: each remaining point at the mean time of its kind so far (bar or federation)."""
     seen = durations[True] + durations[False]
@@ -72,8 +86,12 @@ def run_sweep(
     run_point: RunPoint,
     attack_point: AttackPoint | None,
     run_config: Callable[..., RunConfig],
+    resume_config: Callable[..., RunConfig] | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished point of ``spec`` into ``out`` (see module docstring).
+
+    ``resume_config(run_dir, {})`` (``runs.resume_config``), when given, continues an interrupted
+    point whose federation left a checkpoint instead of redoing it.
 
     Returns ``{"points": n, "finished": n, "skipped": n, "failed": [ids], "seconds": s}``.
     """
@@ -91,11 +109,12 @@ def run_sweep(
     for i, point in enumerate(remaining):
         began = time.monotonic()
         where = point_dir(out, point)
-        if where.exists():  # an interrupted point: its partial files must not mix with the rerun
+        cfg = _resumed(where, resume_config) if where.exists() else None
+        if where.exists() and cfg is None:  # an interrupted point: its partial files must not mix with the rerun
             _log.info(f"sweep: {point.id} was interrupted; removing it and running it again")
             shutil.rmtree(where)
         _log.info(f"sweep: [{len(skipped) + i + 1}/{len(todo)}] {point.id}")
-        cfg = point_config(spec, out, point, run_config=run_config)
+        cfg = cfg or point_config(spec, out, point, run_config=run_config)
         try:
             results = run_point(cfg)
             attacks = None

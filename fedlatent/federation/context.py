@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
@@ -41,6 +41,7 @@ class RunContext:
     contract: P.Contract
     checkpoint: Checkpointer
     resumed: Checkpoint | None = None  # the checkpoint this run continues, if any
+    silent: set[int] = field(default_factory=set)  # nodes that missed a deadline: left out from then on
 
     @property
     def inbox(self) -> Inbox:

@@ -63,6 +63,7 @@ def recording_fedavg(
         federated_evaluation=federated_evaluation,
         privacy=run.record.privacy,  # a DP encoder's rounds are in each client's ledger too
         weighted_by_key=P.UNIT_WEIGHT if uniform else "num-examples",
+        silent=run.silent,
     )
 
 

@@ -2,7 +2,10 @@
 
 ``exchange`` sends messages and pulls their replies for at most ``round-timeout`` seconds,
 logging progress and naming silent nodes (Flower's ``send_and_receive`` does the same silently,
-polling every 3 s; with 1,000 clients a broadcast takes minutes). ``fedavg_rounds`` is the round
+polling every 3 s; with 1,000 clients a broadcast takes minutes). A node that misses a deadline
+is left out of the rest of the run (``RunContext.silent``): Flower lists a dead SuperNode as
+online until its heartbeats have been missing for a minute or more, and waiting a whole
+``round-timeout`` for it in every round would multiply the cost of one dead node. ``fedavg_rounds`` is the round
 loop of ``Strategy.start`` with what a checkpointed run needs and ``start`` lacks: it starts at
 any round (a resumed run continues at k + 1), calls back after every round (the checkpoint),
 and bounds every wait by ``round-timeout``. The strategy's own methods (``configure_train``,
@@ -43,7 +46,9 @@ def exchange(run: RunContext, messages: Iterable[Message], name: str, *, poll: f
         if pending:
             time.sleep(poll)
     if silent := sorted(sent[m] for m in pending):
-        log.warning("%s: no reply from node(s) %s within round-timeout=%gs", name, silent, run.cfg.round_timeout)
+        log.warning("%s: no reply from node(s) %s within round-timeout=%gs; left out for the rest of the run",
+                    name, silent, run.cfg.round_timeout)  # fmt: skip
+        run.silent.update(silent)
     return replies
 
 
@@ -51,7 +56,7 @@ def broadcast(run: RunContext, message_type: str, content: RecordDict) -> list[M
     """Send one body (stamped with the run key) to every live node of the run; return the replies."""
     name = message_type.removeprefix("query.")
     content[P.CONFIG] = run.stamp(content.config_records.get(P.CONFIG, ConfigRecord()))
-    alive = set(run.grid.get_node_ids())
+    alive = set(run.grid.get_node_ids()) - run.silent
     nodes = [n for n in run.nodes if n in alive]
     messages = run.traffic.sent(Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes)
     with run.record.timed(name):

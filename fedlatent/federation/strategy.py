@@ -132,6 +132,7 @@ class RecordingFedAvg(FedAvg):
         federated_evaluation: bool = False,
         privacy: PrivacyLog | None = None,
         weighted_by_key: str = "num-examples",
+        silent: set[int] | None = None,
     ) -> None:
         sample = max(1, round(fraction_train * num_clients))
         super().__init__(
@@ -150,6 +151,7 @@ class RecordingFedAvg(FedAvg):
         self.round_seconds: dict[int, float] = {}  # from sending a round's messages to its aggregate
         self._round_start: dict[int, float] = {}
         self._sampled: dict[int, list[int]] = {}
+        self.silent = silent if silent is not None else set()  # the run's nodes that missed a deadline
 
     def sample(self, nodes: Iterable[int], server_round: int) -> list[int]:
         """The nodes of a training round: all of them, or a seeded draw of ``min_train_nodes``."""
@@ -169,7 +171,7 @@ class RecordingFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """One train message per sampled live node, tagged with the phase, recorded and counted."""
-        chosen = self.sample(grid.get_node_ids(), server_round)
+        chosen = self.sample(set(grid.get_node_ids()) - self.silent, server_round)
         if len(chosen) < self.min_clients:
             raise RoundFailed(
                 f"{self.phase} round {server_round}: {len(chosen)} live node(s), below min-clients={self.min_clients}"
@@ -237,7 +239,7 @@ class RecordingFedAvg(FedAvg):
         if self.fraction_evaluate == 0.0:
             return []
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        nodes = sorted(grid.get_node_ids())
+        nodes = sorted(set(grid.get_node_ids()) - self.silent)
         return self.inbox.traffic.sent(self._construct_messages(record, nodes, MessageType.EVALUATE))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

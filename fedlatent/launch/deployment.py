@@ -19,7 +19,8 @@ Unlike the simulation, every message a SuperNode receives runs in a fresh ``flwr
 process; only ``context.state`` carries over. Runs go through ``flwr run --stream`` without
 ``--federation-config``; the final status is checked as :class:`LocalSuperLink` does, and the
 SuperNodes' log tails are added to any FederationError. On exit every process started, with
-its children (SuperExecs, ServerApp and ClientApp processes), is ended.
+its children (SuperExecs, ServerApp and ClientApp processes), is ended; should the process that
+started them die without an exit (SIGKILL), a guard (``launch.guard``) ends them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedlatent.launch.guard import start_guard
 from fedlatent.launch.processes import (
     HOST,
     ConfigValue,
@@ -116,6 +118,7 @@ class LocalDeployment:
         for name in _GRPC_SWITCHES:
             self.link.env.pop(name, None)
         self._nodes: list[_SuperNode] = []
+        self._guard: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
@@ -149,6 +152,7 @@ class LocalDeployment:
             self._wait_online()
             for node in self._nodes:  # their SuperExecs are up by now
                 node.sessions |= tree_sessions(node.proc.pid)
+            self._guard = start_guard([node.proc.pid for node in self._nodes])  # they die with us, even by SIGKILL
         except BaseException:
             self._stop()
             raise
@@ -204,6 +208,7 @@ class LocalDeployment:
     def _stop(self) -> None:
         """End the SuperNodes (while the SuperLink still answers), then the SuperLink."""
         nodes, self._nodes = self._nodes, []
+        guard, self._guard = self._guard, None
         try:
             sessions: set[int] = set()
             for node in nodes:
@@ -215,6 +220,9 @@ class LocalDeployment:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     node.proc.wait(timeout=5.0)  # reap our children
         finally:
+            if guard is not None:  # our watchdog: nothing left to guard
+                guard.kill()
+                guard.wait()
             self.link.stop()
 
     def _error(self, headline: str, output: str = "") -> FederationError:

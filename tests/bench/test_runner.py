@@ -74,3 +74,28 @@ def test_a_failing_point_is_recorded_the_rest_goes_on_and_a_rerun_retries_it(tmp
     assert "client crashed" in next(iter(failed.values()))
     again = sweep(tmp_path)
     assert again["skipped"] == 4 and again["failed"] == [] and json.loads((tmp_path / "failed.json").read_text()) == {}
+
+
+def test_an_interrupted_point_with_a_checkpoint_is_resumed_not_redone(tmp_path: Path) -> None:
+    def killed(cfg: RunConfig) -> dict:
+        if cfg.mode == "raw" and not cfg.dp:  # this federation dies after its first checkpoint
+            (Path(cfg.out_dir) / "checkpoint").mkdir(parents=True)
+            (Path(cfg.out_dir) / "checkpoint" / "state.json").write_text("{}")
+            raise KeyboardInterrupt
+        return fake_run(cfg)
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(tmp_path, run_point=killed)
+
+    resumed: list[str] = []
+
+    def resume(run_dir: Path, overrides: dict) -> RunConfig:
+        resumed.append(str(run_dir))
+        return RunConfig.from_run_config({"mode": "raw", "resume": True, "out-dir": str(run_dir)})
+
+    ran: list[RunConfig] = []
+    done = run_sweep(SPEC, tmp_path, run_point=lambda cfg: (ran.append(cfg), fake_run(cfg))[1],
+                     attack_point=None, run_config=run_config, resume_config=resume)  # fmt: skip
+    assert done["failed"] == [] and len(resumed) == 1
+    assert [c.resume for c in ran] == [True] + [False] * (len(ran) - 1) and ran[0].out_dir == resumed[0]
+    assert (Path(resumed[0]) / "checkpoint" / "state.json").is_file()  # kept, not removed

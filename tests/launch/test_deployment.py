@@ -8,8 +8,11 @@ train and evaluate messages only through ``context.state``.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ import pytest
 from fedlatent.cli import build_parser
 from fedlatent.federation.server_view import load_server_view
 from fedlatent.launch.deployment import LocalDeployment
+from fedlatent.launch.processes import live_members, tree_sessions
 from fedlatent.launch.superlink import FederationError
 from fedlatent.runs import app_dir
 
@@ -95,3 +99,34 @@ def test_local_encoder_survives_fresh_clientapp_processes(tmp_path: Path) -> Non
     assert deployment.pids == [] and deployment.ports == []
     leftovers = [(p, cmd) for p, sid, cmd in _live_processes() if sid in sessions or _mentions(cmd, ports)]
     assert leftovers == []
+
+
+@pytest.mark.slow
+def test_a_supernode_killed_mid_run_is_left_out_after_one_round_timeout(tmp_path: Path) -> None:
+    """A dead SuperNode costs one round-timeout, is named in the log, and the run ends on the others."""
+    out, timeout = tmp_path / "out", 20.0
+    cfg = {"dataset": "digits", "mode": "raw", "num-clients": 3, "rounds": 4, "local-epochs": 1,
+           "round-timeout": timeout, "out-dir": str(out)}  # fmt: skip
+    deployment = LocalDeployment(flwr_home=tmp_path / "home", num_supernodes=3, workdir=tmp_path)
+    killed_at: list[float] = []
+
+    def echo(line: str) -> None:
+        if "[ROUND 2/4]" in line and not killed_at:  # node 2 dies as round 2 begins
+            node = deployment.pids[3]  # the SuperLink, then SuperNodes 0, 1, 2
+            for pid in live_members(tree_sessions(node)):
+                os.kill(pid, signal.SIGKILL)
+            killed_at.append(time.monotonic())
+
+    with deployment:
+        result = deployment.run(app_dir(), run_config=cfg, timeout=600, echo=echo)
+    assert killed_at and result.status == "finished:completed"
+    after_kill = time.monotonic() - killed_at[0]
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["history"]) == 4 and res["accuracy"] > 0.3, res["history"]
+    rows = [json.loads(line) for line in (out / "server_view" / "metrics.jsonl").read_text().splitlines()]
+    trained = {(r["round"], r["metrics"]["partition-id"]) for r in rows if r["phase"] == "classifier"}
+    assert {(1, 0), (1, 1), (1, 2)} <= trained and not {(3, 2), (4, 2)} & trained
+    assert {(rnd, p) for rnd in (2, 3, 4) for p in (0, 1)} <= trained  # the others trained every round
+    assert re.search(r"no reply from node\(s\) \[\d+\] within round-timeout=20s; left out", result.log)
+    # One round-timeout for the dead node, then rounds at the others' pace (each message a fresh process).
+    assert timeout <= after_kill < timeout + 120, after_kill

@@ -24,6 +24,14 @@ link.start()
 print(link.pid, flush=True)
 time.sleep(600)
 """
+DEPLOYMENT_HOLDER = """
+import sys, time
+from pathlib import Path
+from fedlatent.launch.deployment import LocalDeployment
+deployment = LocalDeployment(flwr_home=Path(sys.argv[1]), num_supernodes=2).__enter__()
+print(*deployment.pids, flush=True)
+time.sleep(600)
+"""
 
 
 def _alive(pid: int) -> bool:
@@ -43,6 +51,24 @@ def test_sigkill_of_the_process_that_started_a_superlink_ends_the_superlink_and_
     started = {pid for pid in _members(tree_sessions(superlink))}
     assert superlink in started and len(started) >= 2, started  # the SuperLink and its SuperExec at least
     holder.send_signal(signal.SIGKILL)  # no finally, no atexit: only the guard can clean up
+    holder.wait()
+    deadline = time.monotonic() + 30
+    while (left := [p for p in started if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes left behind after SIGKILL: {left}"
+
+
+def test_sigkill_of_the_process_that_started_a_deployment_ends_its_supernodes_too(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", DEPLOYMENT_HOLDER, str(tmp_path / "home")], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    roots = [int(pid) for pid in holder.stdout.readline().split()]
+    assert len(roots) == 3  # the SuperLink and two SuperNodes
+    time.sleep(2.0)  # let the guards record the SuperExecs' sessions
+    started = {pid for root in roots for pid in _members(tree_sessions(root))}
+    assert set(roots) <= started and len(started) >= 5, started  # each with its SuperExec at least
+    holder.send_signal(signal.SIGKILL)
     holder.wait()
     deadline = time.monotonic() + 30
     while (left := [p for p in started if _alive(p)]) and time.monotonic() < deadline:

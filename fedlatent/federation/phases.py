@@ -92,6 +92,7 @@ def encoder_phase(run: RunContext) -> Encoder | None:
     else:
         encoder = _federated_autoencoder(run).encoder  # the decoder is discarded here
     run.view.encoder(P.module_to_arrays(encoder), arch=_arch(run))
+    run.checkpoint.arrays.pop("autoencoder", None)  # the encoder is in the view from now on
     run.checkpoint.save(encoder_done=True)
     return _distribute(run, encoder)
 

@@ -133,8 +133,12 @@ def test_dp_run_stays_within_budget(
     assert all(0 < e <= budget for e in res["epsilon_per_client"].values()), res["epsilon_per_client"]
     assert res["epsilon"] == max(res["epsilon_per_client"].values())
     assert res["end_to_end_dp"] is end_to_end and not res["refusals"]
-    if "encoder-epsilon" not in extra:  # a 2-epoch DP encoder gives tiny latents: only its accounting is tested
-        assert res["accuracy"] > 0.15, res  # DP at this size costs accuracy; it must still learn something
+    # DP-SGD at this size costs accuracy; it must still learn something. Not asserted: a 2-epoch DP
+    # encoder (only its accounting is tested), and latent-share at epsilon 3 + label-epsilon 2 on
+    # 1,150 digits records, which sits at chance (0.117 mean over 11 draws of its secret noise;
+    # this test passed at 0.195 only while the noise came from the public seed).
+    if "encoder-epsilon" not in extra and mode != "latent-share":
+        assert res["accuracy"] > 0.15, res
     client_level = res["client_level_dp"]
     if "client-dp-noise" in extra:
         assert client_level["releases"] == FAST["rounds"] and client_level["epsilon"] > 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,15 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FAST, Runs
 
 from fedlatent.federation.client_store import ClientStore
 from fedlatent.launch.processes import live_members, tree_sessions
+from fedlatent.launch.superlink import LocalSuperLink
+from fedlatent.runs import app_dir
 
 pytestmark = pytest.mark.slow
 
 ROUNDS = 6
-RUN = ["run", "--dataset", "digits", "--mode", "raw", "--clients", "2", "--rounds", str(ROUNDS),
-       "--local-epochs", "2", "--epsilon", "3", "--reproducible-noise", "true"]  # fmt: skip
+KEYS = {"dataset": "digits", "mode": "raw", "num-clients": 2, "rounds": ROUNDS, "local-epochs": 2, "epsilon": 3.0,
+        "reproducible-noise": True}  # fmt: skip
+RUN = ["run", *(a for k, v in KEYS.items() for a in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v)))]
 
 
 def _fedlatent(*args: str) -> list[str]:
@@ -64,9 +69,11 @@ def _ledger_events(out: Path) -> list[int]:
     return [len(json.loads(f.read_text())["steps"]) for f in sorted((out / "client_state").glob("*/p*/ledger.json"))]
 
 
-def test_a_run_killed_mid_round_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+def test_a_run_killed_mid_round_resumes_to_the_uninterrupted_result(link: LocalSuperLink, tmp_path: Path) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(_fedlatent(*RUN, "--out", str(whole)), check=True, capture_output=True, timeout=600)
+    # The uninterrupted run, on the session's SuperLink with the settings the CLI gives the killed one.
+    keys = {**KEYS, "out-dir": str(whole), "client-state-dir": str(whole / "client_state")}
+    link.run(app_dir(), run_config=keys, num_supernodes=2, timeout=600)
 
     proc = subprocess.Popen(
         _fedlatent(*RUN, "--out", str(killed)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -103,3 +110,25 @@ def test_a_run_killed_mid_round_resumes_to_the_uninterrupted_result(tmp_path: Pa
     assert received == sorted(p.name for p in (whole / "server_view" / "received").iterdir())
     assert len((killed / "server_view" / "metrics.jsonl").read_text().splitlines()) == 2 * ROUNDS
     assert os.path.isdir(killed / "checkpoint")
+
+
+@pytest.mark.parametrize(("mode", "encoder"), [("latent-share", "public"), ("latent-fedavg", "federated")])
+def test_resuming_from_the_last_checkpoint_restores_encoder_latents_and_model(
+    runs: Runs, link: LocalSuperLink, tmp_path: Path, mode: str, encoder: str
+) -> None:
+    """A run that died after its last step: the resume takes encoder, latents and model from the checkpoint."""
+    done = runs[mode, encoder]
+    copy = tmp_path / "copy"
+    shutil.copytree(done, copy)
+    (copy / "results.json").unlink()
+    stage = json.loads((copy / "checkpoint" / "state.json").read_text())["stage"]
+    assert stage["encoder_done"] and (stage["latents"] if mode == "latent-share" else stage["classifier_round"] == 2)
+    cache = runs.factory.getbasetemp() / "shared-cache"
+    cfg = {**FAST, "mode": mode, "encoder": encoder, "out-dir": str(copy), "cache-dir": str(cache), "resume": True}
+    result = link.run(app_dir(), run_config=cfg, num_supernodes=FAST["num-clients"], timeout=600)
+    assert "restored from the server view" in result.log
+    a, b = (json.loads((d / "results.json").read_text()) for d in (done, copy))
+    assert b["accuracy"] == a["accuracy"] and b["resumes"] == [{"from": stage}]
+    assert [r.get("accuracy") for r in b["history"]] == [r.get("accuracy") for r in a["history"]]
+    if mode == "latent-share":  # nothing was asked again: the releases came from the server view
+        assert "latents of 2 clients restored from the server view" in result.log

@@ -104,14 +104,14 @@ def test_local_encoder_survives_fresh_clientapp_processes(tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_a_supernode_killed_mid_run_is_left_out_after_one_round_timeout(tmp_path: Path) -> None:
     """A dead SuperNode costs one round-timeout, is named in the log, and the run ends on the others."""
-    out, timeout = tmp_path / "out", 20.0
-    cfg = {"dataset": "digits", "mode": "raw", "num-clients": 3, "rounds": 4, "local-epochs": 1,
+    out, timeout = tmp_path / "out", 15.0
+    cfg = {"dataset": "digits", "mode": "raw", "num-clients": 3, "rounds": 3, "local-epochs": 1,
            "round-timeout": timeout, "out-dir": str(out)}  # fmt: skip
     deployment = LocalDeployment(flwr_home=tmp_path / "home", num_supernodes=3, workdir=tmp_path)
     killed_at: list[float] = []
 
     def echo(line: str) -> None:
-        if "[ROUND 2/4]" in line and not killed_at:  # node 2 dies as round 2 begins
+        if "[ROUND 2/3]" in line and not killed_at:  # node 2 dies as round 2 begins
             node = deployment.pids[3]  # the SuperLink, then SuperNodes 0, 1, 2
             for pid in live_members(tree_sessions(node)):
                 os.kill(pid, signal.SIGKILL)
@@ -122,11 +122,11 @@ def test_a_supernode_killed_mid_run_is_left_out_after_one_round_timeout(tmp_path
     assert killed_at and result.status == "finished:completed"
     after_kill = time.monotonic() - killed_at[0]
     res = json.loads((out / "results.json").read_text())
-    assert len(res["history"]) == 4 and res["accuracy"] > 0.3, res["history"]
+    assert len(res["history"]) == 3 and res["accuracy"] > 0.3, res["history"]
     rows = [json.loads(line) for line in (out / "server_view" / "metrics.jsonl").read_text().splitlines()]
     trained = {(r["round"], r["metrics"]["partition-id"]) for r in rows if r["phase"] == "classifier"}
-    assert {(1, 0), (1, 1), (1, 2)} <= trained and not {(3, 2), (4, 2)} & trained
-    assert {(rnd, p) for rnd in (2, 3, 4) for p in (0, 1)} <= trained  # the others trained every round
-    assert re.search(r"no reply from node\(s\) \[\d+\] within round-timeout=20s; left out", result.log)
+    assert {(1, 0), (1, 1), (1, 2)} <= trained and (3, 2) not in trained
+    assert {(rnd, p) for rnd in (2, 3) for p in (0, 1)} <= trained  # the others trained every round
+    assert re.search(r"no reply from node\(s\) \[\d+\] within round-timeout=15s; left out", result.log)
     # One round-timeout for the dead node, then rounds at the others' pace (each message a fresh process).
     assert timeout <= after_kill < timeout + 120, after_kill

@@ -152,14 +152,6 @@ def test_dp_run_stays_within_budget(
         assert len(encoder_eps) == 2 * FAST["encoder-rounds"] and 0 < max(encoder_eps) <= 1.0
 
 
-def test_num_clients_zero_uses_every_supernode(link: LocalSuperLink, tmp_path: Path) -> None:
-    cfg = {**FAST, "num-clients": 0, "mode": "raw", "out-dir": str(tmp_path)}
-    link.run(app_dir(), run_config=cfg, num_supernodes=3, timeout=600)
-    res = _results(tmp_path)
-    assert res["num_clients"] == 3 and len(res["records"]["per_client"]) == 3
-    assert len(list((tmp_path / "private_index").glob("client_*.npy"))) == 3
-
-
 def test_public_only_is_a_run_that_asks_no_client(link: LocalSuperLink, tmp_path: Path) -> None:
     from fedlatent.baselines import public_only
 

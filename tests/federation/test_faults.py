@@ -52,7 +52,10 @@ def test_a_round_below_min_clients_stops_the_run_with_its_reason(link: LocalSupe
 
 
 def test_sampling_half_the_clients_is_reproducible_from_the_seed(link: LocalSuperLink, tmp_path: Path) -> None:
-    runs = [_run(link, tmp_path / f"half-{i}", **{"fraction-train": 0.5}) for i in range(2)]
+    # num-clients 0: every SuperNode of the federation (10 here) is a client
+    runs = [_run(link, tmp_path / f"half-{i}", **{"fraction-train": 0.5, "num-clients": 0}) for i in range(2)]
+    assert runs[0]["num_clients"] == 10 and len(runs[0]["records"]["per_client"]) == 10
+    assert len(list((tmp_path / "half-0" / "private_index").glob("client_*.npy"))) == 10
     trained = []
     for i in range(2):
         lines = (tmp_path / f"half-{i}" / "server_view" / "metrics.jsonl").read_text().splitlines()

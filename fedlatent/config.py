@@ -47,16 +47,16 @@ def _fraction(v: float) -> bool | str:
     return 0.0 <= v < 1.0 or "must be in [0, 1)"
 
 
+def _budget(v: float) -> bool | str:
+    return v > 0 or "must be > 0 (inf = no differential privacy)"
+
+
 def _probability(v: float) -> bool | str:
     return 0.0 < v < 1.0 or "must be in (0, 1)"
 
 
 def _unit(v: float) -> bool | str:
     return 0.0 < v <= 1.0 or "must be in (0, 1]"
-
-
-def _budget(v: float) -> bool | str:
-    return v > 0 or "must be > 0 (inf = no differential privacy)"
 
 
 def _key(default: Any, check: Any = None, doc: str = "") -> Any:

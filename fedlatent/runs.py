@@ -87,13 +87,9 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> RunConfig:
     if overrides:
         given = ", ".join(f"--{key}" for key in overrides)
         raise ConfigError(f"--resume continues a run with the settings it started with; drop {given}")
-    out = Path(run_dir).expanduser().resolve()
-    state = out / CHECKPOINT / "state.json"
-    if not state.is_file():
-        raise ConfigError(f"{out} holds no checkpoint ({CHECKPOINT}/state.json): nothing to resume")
-    saved = json.loads(state.read_text())["config"]
+    out = resumable(str(run_dir))
+    saved = json.loads((out / CHECKPOINT / "state.json").read_text())["config"]
     cfg = RunConfig.from_run_config({**saved, "resume": True, "overwrite": False, "out-dir": str(out)})
-    resumable(cfg)
     from fedlatent.plan import preflight  # lazy: loads torch and the data
 
     preflight(cfg)

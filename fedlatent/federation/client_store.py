@@ -7,8 +7,9 @@ client with a store (node-config ``state-dir`` on its own machine, else run-conf
 ``client-state-dir``, which local simulations set) keeps, under ``<dir>/<run-key>/p<partition>/``::
 
     ledger.json                 its DP ledger, written before the reply that spent it leaves
-    encoder.npz                 its local encoder (``encoder = local``) and the reply that reported it
-    <phase>.npz                 its last release in ``phase``: round, digest of the request, metrics, arrays
+    local-encoder.npz           its local encoder (``encoder = local``) and the reply that reported it
+    <name>.npz                  its last release of ``train-encoder``, ``train-classifier`` or
+                                ``share-latents``: round, digest of the request, metrics, arrays
 
 A request it already answered (same phase, round and request digest) is answered again with the
 same release: sending a release twice is post-processing and costs no ε, so a round that the

@@ -71,17 +71,17 @@ def run_directory(cfg: RunConfig) -> Path:
     return out
 
 
-def resumable(cfg: RunConfig) -> Path:
-    """The absolute run directory a resume (``resume = true``) would continue, if it can.
+def resumable(out_dir: str) -> Path:
+    """The absolute run directory ``out_dir`` that a resume (``resume = true``) would continue, if it can.
 
     Raises
     ------
     ConfigError
         No ``out-dir``, a symbolic link, a directory without a checkpoint, or a finished run.
     """
-    if not cfg.out_dir:
+    if not out_dir:
         raise ConfigError("config key 'resume' needs 'out-dir': the directory of the run to continue")
-    out = Path(cfg.out_dir).expanduser()
+    out = Path(out_dir).expanduser()
     if out.is_symlink():
         raise ConfigError(f"config key 'out-dir' = {str(out)!r}: is a symbolic link; give the real directory")
     if not (out / CHECKPOINT / "state.json").is_file():
@@ -93,7 +93,7 @@ def resumable(cfg: RunConfig) -> Path:
 
 def resume_directory(cfg: RunConfig) -> Path:
     """The run directory a resume continues (``resumable``), its ``FAILED`` marker removed."""
-    out = resumable(cfg)
+    out = resumable(cfg.out_dir)
     (out / "FAILED").unlink(missing_ok=True)
     return out
 

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import ArrayRecord
+
+from fedlatent.federation import payloads as P
 
 FORMAT_VERSION = 1
 
@@ -57,16 +59,16 @@ class ServerView:
 
     def encoder(self, record: ArrayRecord, *, arch: Mapping[str, Any]) -> None:
         """The frozen encoder the server holds, with its architecture."""
-        self._save("encoder.npz", _arrays(record))
+        self._save("encoder.npz", P.record_numpy(record))
         self.manifest["encoder_arch"] = dict(arch)
 
     def received(self, phase: str, rnd: int, partition: int, record: ArrayRecord) -> None:
         """A client's accepted weight upload."""
-        self._save(f"received/{phase}-r{rnd:03d}-p{partition:03d}.npz", _arrays(record))
+        self._save(f"received/{phase}-r{rnd:03d}-p{partition:03d}.npz", P.record_numpy(record))
 
     def sent(self, phase: str, rnd: int, record: ArrayRecord) -> None:
         """The global weights broadcast in a round."""
-        self._save(f"sent/{phase}-r{rnd:03d}.npz", _arrays(record))
+        self._save(f"sent/{phase}-r{rnd:03d}.npz", P.record_numpy(record))
 
     def latents(self, partition: int, latents: np.ndarray, labels: np.ndarray) -> None:
         """A client's accepted latent release."""
@@ -74,7 +76,7 @@ class ServerView:
 
     def final_model(self, record: ArrayRecord) -> None:
         """The trained classifier at the end of the run."""
-        self._save("final_model.npz", _arrays(record))
+        self._save("final_model.npz", P.record_numpy(record))
 
     def metrics(self, phase: str, rnd: int, node_id: int, values: Mapping[str, Any]) -> None:
         """One metric record as received."""
@@ -92,7 +94,7 @@ class ServerView:
         if rel not in self.manifest["files"]:
             raise FileNotFoundError(f"{rel} is not in the server view {self.root}")
         with np.load(self.root / rel) as npz:
-            return ArrayRecord({k: Array(npz[k]) for k in npz.files})
+            return P.numpy_record({k: npz[k] for k in npz.files})
 
     def stored_latents(self) -> dict[int, dict[str, np.ndarray]]:
         """Every latent release in the view, by partition (what a resumed latent-share run pools)."""
@@ -122,10 +124,6 @@ class ServerView:
     def close(self) -> None:
         """Write ``manifest.json``."""
         (self.root / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
-
-
-def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {key: record[key].numpy() for key in record.keys()}
 
 
 def load_server_view(root: str | Path) -> dict[str, Any]:

@@ -218,9 +218,6 @@ class RecordingFedAvg(FedAvg):
                 continue
             self.inbox.view.received(self.phase, server_round, pid, P.arrays(msg.content))
             accepted.append((pid, msg))
-        answered = {m.metadata.src_node_id for m in replies}
-        if silent := [n for n in self._sampled.get(server_round, []) if n not in answered]:
-            log.warning("%s round %s: no reply from node(s) %s in the round timeout", self.phase, server_round, silent)
         if len(accepted) + refused < self.min_clients:
             reasons = Counter(r["reason"][:200] for r in self.inbox.view.manifest["rejected"]
                               if r["phase"] == self.phase and r["round"] == server_round)  # fmt: skip

@@ -90,22 +90,22 @@ def test_only_an_unfinished_run_with_a_checkpoint_can_be_resumed(tmp_path) -> No
         return RunConfig.from_run_config({**CFG, "resume": True, "out-dir": str(out)})
 
     with pytest.raises(ConfigError, match="needs 'out-dir'"):
-        resumable(RunConfig.from_run_config({**CFG, "resume": True}))
+        resumable(RunConfig.from_run_config({**CFG, "resume": True}).out_dir)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="holds no checkpoint"):
-        resumable(resume(tmp_path / "empty"))
+        resumable(str(tmp_path / "empty"))
     _saved_run(tmp_path / "run")
     (tmp_path / "run" / "FAILED").write_text("RoundFailed: ...\n")
     assert resume_directory(resume(tmp_path / "run")) == (tmp_path / "run").resolve()
     assert not (tmp_path / "run" / "FAILED").exists()
     (tmp_path / "link").symlink_to(tmp_path / "run")
     with pytest.raises(ConfigError, match="symbolic link"):
-        resumable(resume(tmp_path / "link"))
+        resumable(str(tmp_path / "link"))
     with pytest.raises(ConfigError, match=r"fedlatent run --resume DIR"):  # a fresh run is pointed to the resume
         check_out_dir(tmp_path / "run", overwrite=False)
     (tmp_path / "run" / "results.json").write_text("{}")
     with pytest.raises(ConfigError, match="finished run"):
-        resumable(resume(tmp_path / "run"))
+        resumable(str(tmp_path / "run"))
 
 
 def test_the_cli_resumes_with_the_runs_own_settings_only(tmp_path, capsys) -> None:

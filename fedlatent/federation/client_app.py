@@ -55,7 +55,8 @@ from fedlatent.privacy.ledger import Ledger
 app = ClientApp()
 ENCODER_STATE = "encoder"
 LEDGER_STATE = "dp-ledger"
-Answer = Callable[[], tuple[dict[str, float], dict[str, ArrayRecord]]]  # (metrics, array records) of a reply
+# (metrics, array records) of a reply, and the ledger that paid for it (None: no private step)
+Answer = Callable[[], tuple[dict[str, float], dict[str, ArrayRecord], Ledger | None]]
 
 
 def _store(msg: Message, context: Context, cfg: RunConfig, pid: int) -> ClientStore | None:
@@ -71,19 +72,27 @@ def _resumed(msg: Message) -> bool:
     return P.config_of(msg).get("resumed") is True
 
 
-def _answer_once(msg: Message, store: ClientStore | None, name: str, rnd: int, answer: Answer) -> Message:
+def _answer_once(
+    msg: Message, context: Context, store: ClientStore | None, name: str, rnd: int, answer: Answer
+) -> Message:
     """Reply with ``answer()``, or with the stored release if this very request was answered before.
 
     A repeated request (same phase, round and digest of what the server sent) gets the same
-    release again: post-processing, no new privacy cost. Refusals are not stored (they cost nothing).
+    release again: post-processing, no new privacy cost. The release and the ledger that paid
+    for it are stored in one commit before the reply leaves. Refusals are not stored (they cost
+    nothing and leave the ledger as it was).
     """
     digest = request_digest(msg)
     if store is not None and (old := store.release(name)) is not None and (old.round, old.digest) == (rnd, digest):
         return P.reply(msg, metrics=old.metrics, arrays={k: P.numpy_record(v) for k, v in old.arrays.items()})
-    metrics, arrays = answer()
-    if store is not None and "refused" not in metrics:
+    metrics, arrays, ledger = answer()
+    refused = "refused" in metrics
+    if store is not None and not refused:
         kept = {k: P.record_numpy(v) for k, v in arrays.items()}
-        store.save_release(name, Release(round=rnd, digest=digest, metrics=dict(metrics), arrays=kept))
+        state = ledger.to_config() if ledger is not None else None
+        store.save_release(name, Release(round=rnd, digest=digest, metrics=dict(metrics), arrays=kept), ledger=state)
+    if ledger is not None and not refused:  # for the next message of this Flower run
+        context.state[LEDGER_STATE] = ConfigRecord(ledger.to_config())  # type: ignore[arg-type]
     return P.reply(msg, metrics=metrics, arrays=arrays)
 
 
@@ -137,7 +146,7 @@ def train(msg: Message, context: Context) -> Message:
     encoder = config.get("phase") == P.PHASE_ENCODER
     store = _store(msg, context, cfg, pid)
 
-    def answer() -> tuple[dict[str, float], dict[str, ArrayRecord]]:
+    def answer() -> tuple[dict[str, float], dict[str, ArrayRecord], Ledger | None]:
         model: torch.nn.Module
         if encoder:
             model = P.load_arrays(build_autoencoder(cfg, plan.dataset), P.arrays(msg.content))
@@ -151,16 +160,15 @@ def train(msg: Message, context: Context) -> Message:
             ledger = _load_ledger(context, cfg, store, resumed=_resumed(msg))
             gen = noise_generator(cfg, pid, rnd, stream)
             spent, trained = dp_train_round(cfg, model, inputs, y, ledger=ledger, generator=gen, encoder=encoder)
-            _save_ledger(context, store, ledger)  # before the reply leaves: a lost reply still counts
-            return metrics | spent, {P.ARRAYS: P.module_to_arrays(model)} if trained else {}
+            return metrics | spent, {P.ARRAYS: P.module_to_arrays(model)} if trained else {}, ledger
         gen, batch = generator(cfg.seed, pid, rnd, stream), cfg.batch_size
         if isinstance(model, Autoencoder):
             loss = train_autoencoder(model, x, epochs=epochs, batch_size=batch, lr=cfg.lr, generator=gen)
         else:
             loss = train_classifier(model, inputs, y, epochs=epochs, batch_size=batch, lr=cfg.lr, generator=gen)
-        return metrics | {"train-loss": loss}, {P.ARRAYS: P.module_to_arrays(model)}
+        return metrics | {"train-loss": loss}, {P.ARRAYS: P.module_to_arrays(model)}, None
 
-    return _answer_once(msg, store, "train-encoder" if encoder else "train-classifier", rnd, answer)
+    return _answer_once(msg, context, store, "train-encoder" if encoder else "train-classifier", rnd, answer)
 
 
 def _load_ledger(context: Context, cfg: RunConfig, store: ClientStore | None, *, resumed: bool) -> Ledger:
@@ -181,13 +189,6 @@ def _load_ledger(context: Context, cfg: RunConfig, store: ClientStore | None, *,
             "so what it spent before the interruption is lost; it takes no private step"
         )
     return new_ledger(cfg)
-
-
-def _save_ledger(context: Context, store: ClientStore | None, ledger: Ledger) -> None:
-    """Persist the ledger in Flower's state (fresh ClientApp processes) and in the store (resumed runs)."""
-    context.state[LEDGER_STATE] = ConfigRecord(ledger.to_config())  # type: ignore[arg-type]
-    if store is not None:
-        store.save_ledger(ledger.to_config())
 
 
 @app.evaluate()
@@ -249,7 +250,7 @@ def share_latents(msg: Message, context: Context) -> Message:
     cfg, plan, pid = _setup(context)
     store = _store(msg, context, cfg, pid)
 
-    def answer() -> tuple[dict[str, float], dict[str, ArrayRecord]]:
+    def answer() -> tuple[dict[str, float], dict[str, ArrayRecord], Ledger | None]:
         x, y = plan.client(pid)
         if P.ARRAYS in msg.content.array_records:
             encoder = P.load_arrays(_new_encoder(cfg, plan), P.arrays(msg.content))
@@ -257,6 +258,7 @@ def share_latents(msg: Message, context: Context) -> Message:
             encoder = _encoder(context, cfg, plan)
         latents = encode(encoder, x)
         metrics: dict[str, float] = {"num-examples": len(x), "partition-id": pid}
+        ledger = None
         if cfg.dp:
             ledger = _load_ledger(context, cfg, store, resumed=_resumed(msg))
             released = dp.release_latents(
@@ -269,11 +271,10 @@ def share_latents(msg: Message, context: Context) -> Message:
                 ledger=ledger,
                 generator=noise_generator(cfg, pid, 0, 3),
             )
-            _save_ledger(context, store, ledger)
             if released is None:
-                return {**metrics, "refused": 1, "epsilon-spent": ledger.spent()}, {}
+                return {**metrics, "refused": 1, "epsilon-spent": ledger.spent()}, {}, ledger
             latents, y, extra = released
             metrics.update(extra)
-        return metrics, {P.LATENTS: P.pack_latents(latents.numpy(), y.numpy())}
+        return metrics, {P.LATENTS: P.pack_latents(latents.numpy(), y.numpy())}, ledger
 
-    return _answer_once(msg, store, "share-latents", 0, answer)
+    return _answer_once(msg, context, store, "share-latents", 0, answer)

@@ -113,6 +113,53 @@ def test_a_repeated_round_gets_the_same_release_and_costs_no_epsilon(tmp_path) -
     assert _spent(second) > _spent(first)
 
 
+class _Crash(BaseException):
+    """A power cut inside the handler: nothing after it runs (not an Exception, so nothing catches it)."""
+
+
+@pytest.mark.parametrize("where", ["before the commit", "after the commit"])
+def test_a_crash_anywhere_in_a_private_step_charges_the_repeated_round_once(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The release and its ledger are one commit: a crash never leaves a charge without its release.
+
+    Before the commit nothing is kept (the reply never left: nothing was spent) and the round is
+    computed again; after it, the stored release is sent again. Either way one step in the ledger.
+    """
+    cfg = _cfg(epsilon=3.0, client_state_dir=str(tmp_path))
+    store = ClientStore(tmp_path, run_key="abc123", partition=0)
+    target = "savez" if where == "before the commit" else "_write_ledger"
+    owner: Any = np if target == "savez" else ClientStore
+
+    def cut(*args: Any, **kwargs: Any) -> None:
+        raise _Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, target, cut)
+        with pytest.raises(_Crash):
+            APP(_train(cfg, 1), _context(cfg))
+    assert (store.release("train-classifier") is None) == (where == "before the commit")
+    assert (store.ledger() is None) == (where == "before the commit")  # no charge without its release
+    repeated = APP(_train(cfg, 1, resumed=True), _context(cfg))
+    ledger = Ledger.from_config(store.ledger() or {})
+    assert len(ledger.history) == 1 and _spent(repeated) == pytest.approx(ledger.spent())
+    assert ClientStore(tmp_path, run_key="abc123", partition=0).ledger() == store.ledger()
+
+
+def test_the_newest_ledger_wins_wherever_it_lies(tmp_path) -> None:
+    store = ClientStore(tmp_path, run_key="r1", partition=0)
+    store.save_ledger({"n": 1})
+    release = Release(round=1, digest="d", metrics={}, arrays={P.ARRAYS: {"w": np.zeros(2, np.float32)}})
+    store.save_release("train-classifier", release, ledger={"n": 2})
+    assert store.ledger() == {"n": 2}
+    (store.path / "ledger.json").unlink()  # as if the crash came between the release and its copy
+    assert store.ledger() == {"n": 2}
+    store.save_ledger({"n": 3})
+    assert store.ledger() == {"n": 3}
+    store.save_release("share-latents", release)  # a release no private step paid for changes nothing
+    assert store.ledger() == {"n": 3}
+
+
 def test_a_resumed_client_without_a_store_refuses_to_restart_its_ledger() -> None:
     cfg = _cfg(epsilon=3.0)
     with pytest.raises(RuntimeError, match="ledger in memory only"):

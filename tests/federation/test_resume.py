@@ -66,7 +66,9 @@ def _power_cut(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _ledger_events(out: Path) -> list[int]:
-    return [len(json.loads(f.read_text())["steps"]) for f in sorted((out / "client_state").glob("*/p*/ledger.json"))]
+    stores = [ClientStore(out / "client_state", run_key=d.parent.name, partition=int(d.name[1:]))
+              for d in sorted((out / "client_state").glob("*/p*"))]  # fmt: skip
+    return [len((store.ledger() or {})["steps"]) for store in stores]
 
 
 def test_a_run_killed_mid_round_resumes_to_the_uninterrupted_result(link: LocalSuperLink, tmp_path: Path) -> None:

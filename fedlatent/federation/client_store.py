@@ -65,10 +65,6 @@ class ClientStore:
         newest = max(self._ledgers(), key=lambda entry: entry[0], default=None)
         return newest[1] if newest is not None else None
 
-    def save_ledger(self, state: Mapping[str, Any]) -> None:
-        """Persist a ledger that no release goes with (``save_release(..., ledger=...)`` for one that does)."""
-        self._write_ledger(self._next_seq(), state)
-
     def _ledgers(self) -> list[tuple[int, dict[str, Any]]]:
         """Every (sequence number, ledger state) on disk: ledger.json's and those inside releases."""
         found = []

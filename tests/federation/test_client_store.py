@@ -82,9 +82,9 @@ def _spent(reply: Message) -> float:
 def test_the_store_keeps_a_ledger_and_the_last_release_of_each_phase(tmp_path) -> None:
     store = ClientStore(tmp_path, run_key="r1", partition=3)
     assert store.ledger() is None and store.release("train-classifier") is None
-    store.save_ledger({"budget": 3.0})
     arrays = {P.ARRAYS: {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(2, np.float32)}}
-    store.save_release("train-classifier", Release(round=2, digest="d", metrics={"x": 1.5}, arrays=arrays))
+    release = Release(round=2, digest="d", metrics={"x": 1.5}, arrays=arrays)
+    store.save_release("train-classifier", release, ledger={"budget": 3.0})
     again = ClientStore(tmp_path, run_key="r1", partition=3)  # a fresh process of the same client
     assert again.ledger() == {"budget": 3.0}
     kept = again.release("train-classifier")
@@ -148,13 +148,13 @@ def test_a_crash_anywhere_in_a_private_step_charges_the_repeated_round_once(
 
 def test_the_newest_ledger_wins_wherever_it_lies(tmp_path) -> None:
     store = ClientStore(tmp_path, run_key="r1", partition=0)
-    store.save_ledger({"n": 1})
     release = Release(round=1, digest="d", metrics={}, arrays={P.ARRAYS: {"w": np.zeros(2, np.float32)}})
+    store.save_release("train-encoder", release, ledger={"n": 1})
     store.save_release("train-classifier", release, ledger={"n": 2})
     assert store.ledger() == {"n": 2}
     (store.path / "ledger.json").unlink()  # as if the crash came between the release and its copy
     assert store.ledger() == {"n": 2}
-    store.save_ledger({"n": 3})
+    store.save_release("train-encoder", release, ledger={"n": 3})  # newer, in the file written first
     assert store.ledger() == {"n": 3}
     store.save_release("share-latents", release)  # a release no private step paid for changes nothing
     assert store.ledger() == {"n": 3}

@@ -106,7 +106,6 @@ class Checkpointer:
             with tmp.open("wb") as f:
                 np.savez(f, **P.record_numpy(record))  # type: ignore[arg-type]
             os.replace(tmp, self.root / files[name])
-        privacy = self.record.privacy
         state = {
             "format": FORMAT,
             "serial": self.serial,
@@ -118,12 +117,7 @@ class Checkpointer:
             "seconds": self.record.seconds,
             "elapsed": self.elapsed(),
             "resumes": self.record.resumes,
-            "privacy": {
-                "epsilon": privacy.epsilon,
-                "noise_multiplier": privacy.noise_multiplier,
-                "refusals": privacy.refusals,
-                "client_level": privacy.client_level,
-            },
+            "privacy": dataclasses.asdict(self.record.privacy),
             "traffic": {"up": self.traffic.up, "down": self.traffic.down},
             "view": self.view.manifest,
             "metrics_lines": self.view.metrics_lines,
@@ -137,14 +131,14 @@ class Checkpointer:
 def load_checkpoint(out: Path, cfg: RunConfig) -> Checkpoint:
     """The committed checkpoint of the run in ``out``, checked against the config of the resume.
 
+    ``out`` is a directory ``rundir.resumable`` accepted: it holds a checkpoint.
+
     Raises
     ------
     ConfigError
-        No checkpoint, an unknown format, or a config that differs from the run's (keys named).
+        An unknown format, or a config that differs from the run's (keys named).
     """
     path = out / CHECKPOINT / "state.json"
-    if not path.is_file():
-        raise ConfigError(f"{out} holds no checkpoint ({CHECKPOINT}/state.json): nothing to resume")
     state = json.loads(path.read_text())
     if state.get("format") != FORMAT:
         raise ConfigError(f"{path}: checkpoint format {state.get('format')!r}, this fedlatent reads {FORMAT}")

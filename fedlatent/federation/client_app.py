@@ -86,13 +86,14 @@ def _answer_once(
     if store is not None and (old := store.release(name)) is not None and (old.round, old.digest) == (rnd, digest):
         return P.reply(msg, metrics=old.metrics, arrays={k: P.numpy_record(v) for k, v in old.arrays.items()})
     metrics, arrays, ledger = answer()
-    refused = "refused" in metrics
-    if store is not None and not refused:
-        kept = {k: P.record_numpy(v) for k, v in arrays.items()}
+    if "refused" not in metrics:
         state = ledger.to_config() if ledger is not None else None
-        store.save_release(name, Release(round=rnd, digest=digest, metrics=dict(metrics), arrays=kept), ledger=state)
-    if ledger is not None and not refused:  # for the next message of this Flower run
-        context.state[LEDGER_STATE] = ConfigRecord(ledger.to_config())  # type: ignore[arg-type]
+        if store is not None:
+            kept = {k: P.record_numpy(v) for k, v in arrays.items()}
+            release = Release(round=rnd, digest=digest, metrics=dict(metrics), arrays=kept)
+            store.save_release(name, release, ledger=state)
+        if state is not None:  # for the next message of this Flower run
+            context.state[LEDGER_STATE] = ConfigRecord(state)  # type: ignore[arg-type]
     return P.reply(msg, metrics=metrics, arrays=arrays)
 
 

@@ -85,7 +85,7 @@ class ClientStore:
         _write_text(self.path / "ledger.json", json.dumps({"seq": seq, "state": dict(state)}))
 
     def release(self, name: str) -> Release | None:
-        """The last release stored under ``name`` (a phase, or ``encoder``), or None."""
+        """The last release stored under ``name`` (a phase, or ``local-encoder``), or None."""
         path = self.path / f"{name}.npz"
         if not path.is_file():
             return None
@@ -114,7 +114,7 @@ class ClientStore:
             np.savez(f, **{_HEAD: np.array(json.dumps(head))}, **flat)  # type: ignore[arg-type]
         os.replace(tmp, self.path / f"{name}.npz")  # the commit
         if ledger is not None:
-            self._write_ledger(seq, ledger)  # a copy where readers look first; the release's copy counts too
+            self._write_ledger(seq, ledger)  # a readable copy; a crash before it loses nothing (``ledger()``)
 
 
 def _write_text(path: Path, text: str) -> None:

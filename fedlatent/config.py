@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedlatent import casting as C
+from fedlatent.casting import ConfigError
 from fedlatent.data.loading import DATASETS
 from fedlatent.data.partition import PARTITIONS
 from fedlatent.privacy.accounting import ACCOUNTANTS
@@ -25,38 +27,9 @@ ENCODERS = ("public", "federated", "local", "scatternet")
 AE_ARCHS = ("mlp", "conv")
 CLASSIFIER_ARCHS = ("mlp", "cnn")
 SERVER_LEARNERS = ("auto", *LEARNERS)
-
-
-class ConfigError(ValueError):
-    """A run-config key is unknown, has the wrong type, or an invalid value."""
-
-
-def _choice(options: tuple[str, ...]) -> Any:
-    return lambda v: v in options or f"must be one of {', '.join(options)}"
-
-
-def _at_least(low: float) -> Any:
-    return lambda v: v >= low or f"must be >= {low}"
-
-
-def _positive(v: float) -> bool | str:
-    return (v > 0 and math.isfinite(v)) or "must be a finite number > 0"
-
-
-def _fraction(v: float) -> bool | str:
-    return 0.0 <= v < 1.0 or "must be in [0, 1)"
-
-
-def _budget(v: float) -> bool | str:
-    return v > 0 or "must be > 0 (inf = no differential privacy)"
-
-
-def _probability(v: float) -> bool | str:
-    return 0.0 < v < 1.0 or "must be in (0, 1)"
-
-
-def _unit(v: float) -> bool | str:
-    return 0.0 < v <= 1.0 or "must be in (0, 1]"
+DP_MODES = ("local", "distributed")
+LATENT_CLASSIFIERS = ("mlp", "linear")
+OPTIMIZERS = ("adam", "sgd")
 
 
 def _key(default: Any, check: Any = None, doc: str = "") -> Any:
@@ -67,57 +40,64 @@ def _key(default: Any, check: Any = None, doc: str = "") -> Any:
 class RunConfig:
     """Every setting of one fedlatent run (attribute names are the keys in snake_case)."""
 
-    dataset: str = _key("digits", _choice(DATASETS), "digits | fashion-mnist | mnist | mnist-5k")
+    dataset: str = _key("digits", C.choice(DATASETS), "digits | fashion-mnist | mnist | mnist-5k")
     data_dir: str = _key("", None, "IDX directory ('' = default location)")
     download: bool = _key(False, None, "allow torchvision to download the data set")
-    max_train: int = _key(0, _at_least(0), "cap on training records (0 = all)")
-    mode: str = _key("latent-fedavg", _choice(MODES), "raw | latent-fedavg | latent-share | public-only")
-    encoder: str = _key("public", _choice(ENCODERS), "public | federated | local | scatternet (data-free)")
-    num_clients: int = _key(0, _at_least(0), "number of clients (0 = every SuperNode of the federation)")
-    rounds: int = _key(10, _at_least(1), "federated rounds of the classifier")
-    partition: str = _key("iid", _choice(PARTITIONS), "iid | dirichlet | shards")
-    alpha: float = _key(0.5, _positive, "Dirichlet concentration")
-    seed: int = _key(0, _at_least(0), "seed of splits, partitions and training")
-    public_fraction: float = _key(0.2, _fraction, "share of training data held out as public")
+    max_train: int = _key(0, C.at_least(0), "cap on training records (0 = all)")
+    mode: str = _key("latent-fedavg", C.choice(MODES), "raw | latent-fedavg | latent-share | public-only")
+    encoder: str = _key("public", C.choice(ENCODERS), "public | federated | local | scatternet (data-free)")
+    num_clients: int = _key(0, C.at_least(0), "number of clients (0 = every SuperNode of the federation)")
+    rounds: int = _key(10, C.at_least(1), "federated rounds of the classifier")
+    partition: str = _key("iid", C.choice(PARTITIONS), "iid | dirichlet | shards")
+    alpha: float = _key(0.5, C.positive, "Dirichlet concentration")
+    seed: int = _key(0, C.at_least(0), "seed of splits, partitions and training")
+    public_fraction: float = _key(0.2, C.fraction, "share of training data held out as public")
     public_labels: bool = _key(
         True, None, "the public split's labels are known (false: images only, ae-labels unused, public-only is chance)"
     )
-    latent_dim: int = _key(32, _at_least(1), "size of the latent vector")
-    ae_arch: str = _key("mlp", _choice(AE_ARCHS), "autoencoder: mlp | conv")
-    ae_epochs: int = _key(50, _at_least(1), "autoencoder epochs (federated: per round)")
+    latent_dim: int = _key(32, C.at_least(1), "size of the latent vector")
+    ae_arch: str = _key("mlp", C.choice(AE_ARCHS), "autoencoder: mlp | conv")
+    ae_epochs: int = _key(50, C.at_least(1), "autoencoder epochs (federated: per round)")
     ae_labels: float = _key(
-        0.0, _at_least(0.0), "public encoder: weight of a loss on the public labels (0 = reconstruction only)"
+        0.0, C.at_least(0.0), "public encoder: weight of a loss on the public labels (0 = reconstruction only)"
     )
-    encoder_rounds: int = _key(3, _at_least(1), "FedAvg rounds of the federated encoder")
+    encoder_rounds: int = _key(3, C.at_least(1), "FedAvg rounds of the federated encoder")
     seed_bugs: bool = _key(False, None, "the seed's two bugs: ReLU on bottleneck and logits (comparison only)")
-    classifier_arch: str = _key("mlp", _choice(CLASSIFIER_ARCHS), "raw classifier: mlp | cnn")
-    local_epochs: int = _key(5, _at_least(1), "client epochs per round")
-    batch_size: int = _key(32, _at_least(1), "minibatch size")
-    lr: float = _key(1e-3, _positive, "Adam learning rate")
-    ae_batch_size: int = _key(0, _at_least(0), "public autoencoder: minibatch size (0 = auto: 128 from 6,400 records)")
-    ae_lr: float = _key(1e-3, _positive, "public autoencoder: Adam learning rate")
-    server_epochs: int = _key(20, _at_least(1), "latent-share: server epochs on pooled latents")
-    server_batch_size: int = _key(0, _at_least(0), "latent-share: server MLP batch (0 = auto: 256 from 12,800)")
-    server_lr: float = _key(0.0, _at_least(0.0), "latent-share: server MLP Adam lr (0 = auto: 2e-3 at batch 256)")
+    classifier_arch: str = _key("mlp", C.choice(CLASSIFIER_ARCHS), "raw classifier: mlp | cnn")
+    local_epochs: int = _key(5, C.at_least(1), "client epochs per round")
+    batch_size: int = _key(32, C.at_least(1), "minibatch size")
+    lr: float = _key(1e-3, C.positive, "Adam learning rate")
+    ae_batch_size: int = _key(0, C.at_least(0), "public autoencoder: minibatch size (0 = auto: 128 from 6,400 records)")
+    ae_lr: float = _key(1e-3, C.positive, "public autoencoder: Adam learning rate")
+    server_epochs: int = _key(20, C.at_least(1), "latent-share: server epochs on pooled latents")
+    server_batch_size: int = _key(0, C.at_least(0), "latent-share: server MLP batch (0 = auto: 256 from 12,800)")
+    server_lr: float = _key(0.0, C.at_least(0.0), "latent-share: server MLP Adam lr (0 = auto: 2e-3 at batch 256)")
     server_learner: str = _key(
-        "auto", _choice(SERVER_LEARNERS), "latent-share: auto (lda under DP, else mlp) | mlp | class-mean | lda"
+        "auto", C.choice(SERVER_LEARNERS), "latent-share: auto (lda under DP, else mlp) | mlp | class-mean | lda"
     )
-    fraction_train: float = _key(1.0, _unit, "share of clients sampled per round")
-    min_clients: int = _key(0, _at_least(0), "floor of valid replies a round needs (0 = half the sampled, rounded up)")
-    round_timeout: float = _key(3600.0, _positive, "seconds a round waits for replies; silent nodes are left out")
-    fail_fraction: float = _key(0.0, _fraction, "fault injection (tests only): share of clients crashing per round")
-    epsilon: float = _key(math.inf, _budget, "record-level DP budget of each client for the run (inf = no DP)")
-    delta: float = _key(1e-5, _probability, "DP delta (keep below 1/records of a client)")
-    max_grad_norm: float = _key(1.0, _positive, "DP-SGD per-sample gradient clip")
-    accountant: str = _key("rdp", _choice(ACCOUNTANTS), "privacy accountant: rdp | prv")
-    latent_clip: float = _key(1.0, _positive, "latent-share: L2 clip of each released latent")
-    label_epsilon: float = _key(math.inf, _budget, "latent-share: randomized-response epsilon (inf = labels in clear)")
-    encoder_epsilon: float = _key(math.inf, _budget, "federated encoder: DP-SGD budget out of epsilon (inf = not DP)")
+    fraction_train: float = _key(1.0, C.unit, "share of clients sampled per round")
+    min_clients: int = _key(0, C.at_least(0), "floor of valid replies a round needs (0 = half the sampled, rounded up)")
+    round_timeout: float = _key(3600.0, C.positive, "seconds a round waits for replies; silent nodes are left out")
+    fail_fraction: float = _key(0.0, C.fraction, "fault injection (tests only): share of clients crashing per round")
+    epsilon: float = _key(math.inf, C.budget, "record-level DP budget of each client for the run (inf = no DP)")
+    delta: float = _key(1e-5, C.probability, "DP delta (keep below 1/records of a client)")
+    max_grad_norm: float = _key(1.0, C.positive, "DP-SGD per-sample gradient clip")
+    accountant: str = _key("rdp", C.choice(ACCOUNTANTS), "privacy accountant: rdp | prv")
+    latent_clip: float = _key(1.0, C.positive, "latent-share: L2 clip of each released latent")
+    label_epsilon: float = _key(math.inf, C.budget, "latent-share: randomized-response epsilon (inf = labels in clear)")
+    encoder_epsilon: float = _key(math.inf, C.budget, "federated encoder: DP-SGD budget out of epsilon (inf = not DP)")
     reproducible_noise: bool = _key(False, None, "DP noise from the public seed (tests only; reported as not DP)")
-    client_dp_noise: float = _key(0.0, _at_least(0.0), "client-level DP noise multiplier, server side (0 = off)")
-    client_dp_clip: float = _key(1.0, _positive, "client-level DP: L2 clip of each client's update")
+    client_dp_noise: float = _key(0.0, C.at_least(0.0), "client-level DP noise multiplier, server side (0 = off)")
+    client_dp_clip: float = _key(1.0, C.positive, "client-level DP: L2 clip of each client's update")
+    dp_mode: str = _key("local", C.choice(DP_MODES), "record-level DP: local (each client's DP-SGD) | distributed")
+    secagg: bool = _key(False, None, "client vectors through Flower's SecAgg+: the server learns only their sum")
+    secagg_max_dropouts: int = _key(0, C.at_least(0), "SecAgg+: clients that may drop out of a round")
+    secagg_threshold: int = _key(0, C.at_least(0), "SecAgg+: shares to unmask (0 = num-clients - max-dropouts)")
+    latent_classifier: str = _key("mlp", C.choice(LATENT_CLASSIFIERS), "latent classifier: mlp (256-128) | linear")
+    optimizer: str = _key("adam", C.choice(OPTIMIZERS), "distributed DP: the server's optimizer (adam | sgd)")
+    momentum: float = _key(0.9, C.fraction, "distributed DP: SGD momentum of the server's optimizer")
     cache_dir: str = _key("", None, "cache of decoded data and the public autoencoder, keyed ('' = none)")
-    client_threads: int = _key(1, _at_least(0), "torch threads of each ClientApp (0 = torch's default)")
+    client_threads: int = _key(1, C.at_least(0), "torch threads of each ClientApp (0 = torch's default)")
     out_dir: str = _key("", None, "run directory ('' = runs/<time>-<mode>-<encoder>)")
     overwrite: bool = _key(False, None, "empty a non-empty out-dir first (default: refuse it, runs must not mix)")
     resume: bool = _key(False, None, "continue the run in out-dir from its last checkpoint (fedlatent run --resume)")
@@ -145,7 +125,7 @@ class RunConfig:
         values = {}
         for key, f in fields.items():
             raw = mapping.get(key, f.default)
-            value = _cast(key, raw, type(f.default))
+            value = C.cast(key, raw, type(f.default))
             check = f.metadata["check"]
             verdict = check(value) if check else True
             if verdict is not True:
@@ -157,6 +137,7 @@ class RunConfig:
 
     def _check_combination(self) -> None:
         """Rules between keys (each value is already valid on its own)."""
+        self._check_secure_aggregation()
         if math.isfinite(self.encoder_epsilon):
             if self.encoder != "federated" or self.mode == "raw":
                 raise ConfigError("config key 'encoder-epsilon' applies only to a latent mode with encoder=federated")
@@ -174,6 +155,38 @@ class RunConfig:
             )
         if self.client_dp_noise > 0 and self.mode == "latent-share":
             raise ConfigError("config key 'client-dp-noise' applies to weight updates (raw, latent-fedavg) only")
+
+    def _check_secure_aggregation(self) -> None:
+        """What distributed DP and SecAgg+ need (README "Distributed DP and secure aggregation")."""
+        if self.dp_mode == "distributed":
+            needs = {
+                "'epsilon' finite (it is record-level DP)": self.dp,
+                "mode raw or latent-fedavg": self.mode in ("raw", "latent-fedavg"),
+                "'secagg' true: without it the server sees each client's share, whose epsilon is epsilon_local": (
+                    self.secagg
+                ),
+                "'fraction-train' 1 (every client's records are sampled at the same rate)": self.fraction_train == 1,
+                "'client-dp-noise' 0 and 'encoder-epsilon' inf": self.client_dp_noise == 0 and not self.encoder_dp,
+                "'accountant' rdp (the Skellam accountant is an RDP one)": self.accountant == "rdp",
+                "'resume' false (a distributed run cannot be resumed yet)": not self.resume,
+            }
+            if missing := [k for k, ok in needs.items() if not ok]:
+                raise ConfigError(f"config key 'dp-mode' = 'distributed' needs {'; '.join(missing)}")
+        if self.secagg and self.dp_mode != "distributed":
+            raise ConfigError(
+                "config key 'secagg' = true carries distributed DP's integer shares: set 'dp-mode' distributed "
+                "(with a finite 'epsilon'); secure aggregation of plain FedAvg updates is not implemented"
+            )
+        if self.num_clients and self.secagg:
+            if self.secagg_max_dropouts >= self.num_clients:
+                raise ConfigError(f"config key 'secagg-max-dropouts' must be below 'num-clients' = {self.num_clients}")
+            if self.secagg_threshold > self.num_clients:
+                raise ConfigError(f"config key 'secagg-threshold' must be at most 'num-clients' = {self.num_clients}")
+
+    @property
+    def min_survivors(self) -> int:
+        """Clients whose noise shares a distributed-DP round must hold: num-clients − secagg-max-dropouts."""
+        return self.num_clients - self.secagg_max_dropouts
 
     def to_run_config(self) -> dict[str, Any]:
         """The inverse of ``from_run_config``: a flat kebab-case mapping."""
@@ -265,36 +278,3 @@ class RunConfig:
     def is_latent(self) -> bool:
         """True for the modes that train on latents rather than raw images."""
         return self.mode in ("latent-fedavg", "latent-share")
-
-
-def _cast(key: str, raw: Any, kind: type) -> Any:
-    """Cast one value to the field's type, accepting the forms TOML and a CLI produce."""
-    if kind is bool:
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str) and raw.lower() in ("true", "false"):
-            return raw.lower() == "true"
-    elif kind is int:
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
-        if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
-        if isinstance(raw, str):
-            try:
-                return int(raw)
-            except ValueError:
-                pass
-    elif kind is float:
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            value = float(raw)
-            if math.isnan(value):
-                raise ConfigError(f"config key '{key}' is NaN")
-            return value
-        if isinstance(raw, str):
-            try:
-                return _cast(key, float(raw), float)
-            except ValueError:
-                pass
-    elif kind is str and isinstance(raw, str):
-        return raw
-    raise ConfigError(f"config key '{key}' = {raw!r}: expected {kind.__name__}")

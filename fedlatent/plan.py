@@ -162,7 +162,10 @@ def build_classifier(cfg: RunConfig, ds: Dataset) -> nn.Module:
     with seeded_init(cfg.seed + 1):
         if not cfg.is_latent:  # raw, and public-only's exported model
             return ImageClassifier(image_shape=ds.image_shape, num_classes=ds.num_classes, arch=cfg.classifier_arch)
-        latent = LatentClassifier(latent_dim=cfg.feature_dim, num_classes=ds.num_classes, seed_bugs=cfg.seed_bugs)
+        hidden = () if cfg.latent_classifier == "linear" else (256, 128)
+        latent = LatentClassifier(
+            latent_dim=cfg.feature_dim, num_classes=ds.num_classes, hidden=hidden, seed_bugs=cfg.seed_bugs
+        )
         if not cfg.release_aware_learner:
             return latent
         inner = latent if cfg.learner == "mlp" else nn.Linear(cfg.feature_dim, ds.num_classes)
@@ -277,7 +280,11 @@ def preflight(cfg: RunConfig) -> None:
             f"client ({smallest} records); a larger delta makes the guarantee vacuous"
         )
     try:
-        if cfg.mode == "latent-share":
+        if cfg.dp_mode == "distributed":
+            from fedlatent.secure_plan import distributed_plan  # it builds on this module
+
+            distributed_plan(cfg, plan)
+        elif cfg.mode == "latent-share":
             release_noise_std(cfg)
         else:
             dp_round_plan(cfg, smallest)

@@ -177,3 +177,38 @@ def test_public_only_refuses_privacy_settings_it_cannot_use():
     for key, value in (("epsilon", 3.0), ("client-dp-noise", 1.0)):
         with pytest.raises(ConfigError, match="public-only"):
             RunConfig.from_run_config({"mode": "public-only", key: value})
+
+
+DISTRIBUTED = {"epsilon": 3.0, "dp-mode": "distributed", "secagg": True, "num-clients": 4}
+
+
+def test_distributed_dp_builds_with_what_it_needs():
+    cfg = RunConfig.from_run_config({**DISTRIBUTED, "secagg-max-dropouts": 1})
+    assert cfg.min_survivors == 3 and cfg.dp
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"epsilon": math.inf}, "'epsilon' finite"),
+        ({"mode": "latent-share"}, "mode raw or latent-fedavg"),
+        ({"secagg": False}, "epsilon_local"),
+        ({"fraction-train": 0.5}, "fraction-train"),
+        ({"client-dp-noise": 1.0}, "client-dp-noise"),
+        ({"accountant": "prv"}, "accountant"),
+        ({"resume": True}, "resume"),
+    ],
+)
+def test_distributed_dp_names_each_missing_condition(change, named):
+    with pytest.raises(ConfigError, match="dp-mode") as err:
+        RunConfig.from_run_config({**DISTRIBUTED, **change})
+    assert named in str(err.value)
+
+
+def test_secagg_alone_and_impossible_dropouts_are_refused():
+    with pytest.raises(ConfigError, match="secagg"):
+        RunConfig.from_run_config({"secagg": True})
+    with pytest.raises(ConfigError, match="secagg-max-dropouts"):
+        RunConfig.from_run_config({**DISTRIBUTED, "secagg-max-dropouts": 4})
+    with pytest.raises(ConfigError, match="secagg-threshold"):
+        RunConfig.from_run_config({**DISTRIBUTED, "secagg-threshold": 5})

@@ -34,6 +34,7 @@ from flwr.clientapp import ClientApp
 from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
 from fedlatent.federation.client_store import ClientStore, Release
+from fedlatent.federation.secagg_client import distributed_reply, is_secure_round, secagg_when_asked, secure_config
 from fedlatent.learning.cache import data_digest
 from fedlatent.learning.models import Autoencoder, Encoder
 from fedlatent.learning.seeding import generator
@@ -52,7 +53,7 @@ from fedlatent.plan import (
 from fedlatent.privacy import client as dp
 from fedlatent.privacy.ledger import Ledger
 
-app = ClientApp()
+app = ClientApp(mods=[secagg_when_asked])  # Flower's SecAgg+ mod, on the rounds that ask for it
 ENCODER_STATE = "encoder"
 LEDGER_STATE = "dp-ledger"
 # (metrics, array records) of a reply, and the ledger that paid for it (None: no private step)
@@ -137,13 +138,22 @@ def failing(cfg: RunConfig, rnd: int) -> set[int]:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One round of local training: the autoencoder or the classifier."""
+    """One round of local training: the autoencoder or the classifier (or a distributed-DP share)."""
     cfg, plan, pid = _setup(context)
-    config = P.config_of(msg)
+    config = secure_config(msg) if is_secure_round(msg) else P.config_of(msg)
     x, y = plan.client(pid)
     rnd = int(config.get("server-round", 0))  # type: ignore[arg-type]
     if pid in failing(cfg, rnd):
         raise RuntimeError(f"fault injection (fail-fraction={cfg.fail_fraction}): partition {pid} crashes round {rnd}")
+    if is_secure_round(msg):  # SecAgg+ collects this client's share of a distributed DP-SGD step
+        ledger = _load_ledger(context, cfg, None, resumed=False)
+
+        def inputs() -> torch.Tensor:
+            return encode(_encoder(context, cfg, plan), x) if cfg.is_latent else x
+
+        reply, ledger = distributed_reply(msg, context, cfg=cfg, plan=plan, pid=pid, ledger=ledger, inputs=inputs)
+        context.state[LEDGER_STATE] = ConfigRecord(ledger.to_config())  # type: ignore[arg-type]
+        return reply
     encoder = config.get("phase") == P.PHASE_ENCODER
     store = _store(msg, context, cfg, pid)
 

@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid
 
 from fedlatent.config import RunConfig
@@ -42,6 +42,7 @@ class RunContext:
     checkpoint: Checkpointer
     resumed: Checkpoint | None = None  # the checkpoint this run continues, if any
     silent: set[int] = field(default_factory=set)  # nodes that missed a deadline: left out from then on
+    flower: Context | None = None  # the ServerApp's Flower context (Flower's SecAgg+ workflow keeps state in it)
 
     @property
     def inbox(self) -> Inbox:

@@ -26,6 +26,7 @@ from fedlatent.federation.strategy import PrivacyLog
 from fedlatent.jsonable import jsonable
 from fedlatent.plan import DataPlan
 from fedlatent.privacy.accounting import compose_epsilon
+from fedlatent.secure_plan import secure_privacy
 
 
 @dataclass
@@ -67,6 +68,7 @@ class RunRecord:
             "accuracy": self.accuracy,
             "accuracy_per_client": _str_keys(self.client_accuracy),
             **privacy_summary(cfg, self.privacy),
+            **(secure_privacy(cfg, self.plan, self.privacy.secure_rounds) if cfg.dp_mode == "distributed" else {}),
             "client_level_dp": client_level_summary(cfg, self.privacy),
             "bytes_uploaded": bytes_up,
             "bytes_downloaded": bytes_down,

@@ -27,6 +27,7 @@ from fedlatent.federation.phases import central_accuracy, encoder_phase, fedavg_
 from fedlatent.federation.report import RunRecord
 from fedlatent.federation.rounds import identify
 from fedlatent.federation.rundir import mark_failed, resume_directory, run_directory
+from fedlatent.federation.secure_rounds import distributed_phase
 from fedlatent.federation.server_view import ServerView
 from fedlatent.federation.strategy import Traffic
 from fedlatent.jsonable import jsonable
@@ -49,13 +50,13 @@ def main(grid: Grid, context: Context) -> None:
     out = resume_directory(cfg) if cfg.resume else run_directory(cfg)
     log.info("fedlatent run -> %s%s", out, " (resumed)" if cfg.resume else "")
     try:
-        _run(grid, cfg, nodes, out)
+        _run(grid, cfg, nodes, out, context)
     except BaseException as err:  # the directory must say the run failed, and why
         mark_failed(out, err)
         raise
 
 
-def _run(grid: Grid, cfg: RunConfig, nodes: list[int], out: Path) -> None:
+def _run(grid: Grid, cfg: RunConfig, nodes: list[int], out: Path, flower: Context | None = None) -> None:
     """Every phase of one run into ``out``, from its start or from its checkpoint."""
     start = time.time()
     plan = make_plan(cfg)
@@ -74,7 +75,8 @@ def _run(grid: Grid, cfg: RunConfig, nodes: list[int], out: Path) -> None:
         view=view, elapsed=elapsed, resumed=resumed,
     )  # fmt: skip
     run = RunContext(grid=grid, nodes=nodes, cfg=cfg, plan=plan, view=view, traffic=traffic, record=record,
-                     contract=make_contract(cfg, plan), checkpoint=checkpoint, resumed=resumed)  # fmt: skip
+                     contract=make_contract(cfg, plan), checkpoint=checkpoint, resumed=resumed,
+                     flower=flower)  # fmt: skip
     try:
         _phases(run)
     finally:  # also when a round fails: the server view keeps what was received and rejected
@@ -100,7 +102,10 @@ def _phases(run: RunContext) -> None:
         with record.timed("encoder"):
             encoder = encoder_phase(run) if cfg.is_latent else None
         with record.timed("federation"):
-            model = share_phase(run, encoder) if cfg.mode == "latent-share" else fedavg_phase(run, encoder)
+            if cfg.dp_mode == "distributed":
+                model = distributed_phase(run, encoder)
+            else:
+                model = share_phase(run, encoder) if cfg.mode == "latent-share" else fedavg_phase(run, encoder)
         view.final_model(P.module_to_arrays(model))
         with record.timed("evaluation"):
             _final_accuracy(run, model, encoder)

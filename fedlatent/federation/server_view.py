@@ -70,6 +70,10 @@ class ServerView:
         """The global weights broadcast in a round."""
         self._save(f"sent/{phase}-r{rnd:03d}.npz", P.record_numpy(record))
 
+    def secure_sum(self, rnd: int, total: np.ndarray, partitions: list[int]) -> None:
+        """The only thing SecAgg+ lets the server see of a round: the sum, and whose vectors it holds."""
+        self._save(f"secure/r{rnd:03d}.npz", {"sum": total, "partitions": np.asarray(partitions, dtype=np.int64)})
+
     def latents(self, partition: int, latents: np.ndarray, labels: np.ndarray) -> None:
         """A client's accepted latent release."""
         self._save(f"latents/p{partition:03d}.npz", {"latents": latents, "labels": labels})

@@ -49,6 +49,7 @@ class PrivacyLog:
     noise_multiplier: dict[int, float] = field(default_factory=dict)
     refusals: list[dict[str, object]] = field(default_factory=list)
     client_level: list[float] | None = None  # effective multiplier of each client-level DP release
+    secure_rounds: dict[int, list[int]] = field(default_factory=dict)  # distributed DP: round -> partitions summed
 
     def note(self, msg: Message, *, pid: int, phase: str, rnd: int) -> bool:
         """Keep the reply's privacy metrics; return True when the client refused the round."""

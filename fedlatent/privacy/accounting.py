@@ -17,6 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from opacus.accountants import create_accountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+from fedlatent.privacy.skellam import ORDERS, SkellamRound, rdp_curve
 
 ACCOUNTANTS = ("rdp", "prv")
 _MAX_SIGMA = 1e6
@@ -67,6 +70,27 @@ def compose_epsilon(history: Sequence[tuple[float, float, int]], *, delta: float
     # PRV evaluates log(1 - q), which is -inf (harmlessly) for full-batch events (q = 1).
     with np.errstate(divide="ignore"):
         return float(acc.get_epsilon(delta=delta))
+
+
+def combined_epsilon(history: Sequence[tuple[float, float, int]], skellam: Sequence[SkellamRound], *,
+                     delta: float) -> float:  # fmt: skip
+    """ε of Gaussian events (Opacus' RDP of the sampled Gaussian) and Skellam rounds composed in RDP.
+
+    RDP adds up under composition, order by order, whatever the mechanisms; the curve is
+    converted once (Opacus' ``get_privacy_spent``). Used when a ledger holds distributed-DP rounds.
+    """
+    curve = rdp_curve(skellam, ORDERS)
+    for sigma, q, steps in history:
+        if q and steps:
+            if sigma == 0.0:
+                return math.inf
+            curve = curve + compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(ORDERS))
+    if not np.isfinite(curve).all():
+        return math.inf
+    if not curve.any():
+        return 0.0
+    eps, _ = get_privacy_spent(orders=list(ORDERS), rdp=curve, delta=delta)
+    return float(eps)
 
 
 def dp_sgd_epsilon(

@@ -161,6 +161,9 @@ def clipped_gradient_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     Per-record gradients by ``torch.func`` (vmap over grad), in chunks to bound memory; the
     layout is ``model.named_parameters()`` order, as ``flat_parameters`` / ``set_flat_gradient``.
     """
+    linear = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    if len(linear) == 1 and type(linear[0]) is nn.Linear and model(x[:1]).shape[-1] == linear[0].out_features:
+        return _linear_clipped_sum(linear[0], model, x, y, clip=clip)
     params = {k: p.detach() for k, p in model.named_parameters()}
     total = torch.zeros(sum(p.numel() for p in params.values()), dtype=torch.float64)
 
@@ -175,6 +178,37 @@ def clipped_gradient_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         factor = (clip / flat.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
         total += (flat * factor[:, None]).sum(dim=0, dtype=torch.float64)
     return total
+
+
+def _linear_clipped_sum(layer: nn.Linear, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                        clip: float) -> torch.Tensor:  # fmt: skip
+    """The same sum for a model whose only parameters are one ``nn.Linear`` producing the logits.
+
+    A record's gradient is the outer product of (softmax − one-hot) and its input (with a 1 for
+    the bias), so its norm is the product of their norms and the clipped sum is one matrix
+    product: exact, without materializing a gradient per record (the vmap path does, 10x slower).
+    """
+    with torch.no_grad():
+        inputs = _layer_input(layer, model, x)
+        err = torch.softmax(model(x), dim=1) - F.one_hot(y, layer.out_features).to(x.dtype)
+        norms = err.norm(dim=1) * (inputs.pow(2).sum(dim=1) + (1.0 if layer.bias is not None else 0.0)).sqrt()
+        factor = (clip / norms.clamp_min(1e-12)).clamp(max=1.0)
+        weighted = (err * factor[:, None]).double()
+        parts = [(weighted.T @ inputs.double()).reshape(-1)]
+        if layer.bias is not None:
+            parts.append(weighted.sum(dim=0))
+    return torch.cat(parts)
+
+
+def _layer_input(layer: nn.Linear, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What ``layer`` receives when ``model`` runs on ``x`` (a forward hook records it)."""
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return seen[0].reshape(len(x), -1)
 
 
 def stochastic_round(v: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

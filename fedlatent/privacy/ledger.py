@@ -18,10 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedlatent.privacy.accounting import check_accounting, compose_epsilon
+from fedlatent.privacy.accounting import check_accounting, combined_epsilon, compose_epsilon
+from fedlatent.privacy.skellam import SkellamRound
 
 Event = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
 _STATE_KEYS = ("budget", "delta", "accountant", "noise_multipliers", "sample_rates", "steps", "pure_epsilons")
+_SKELLAM_KEYS = ("skellam_l2", "skellam_l1", "skellam_variances", "skellam_sample_rates", "skellam_steps")
 
 
 class BudgetExhausted(RuntimeError):
@@ -47,6 +49,9 @@ class Ledger:
     pure : list of float
         ε of every pure-DP event recorded so far (randomized response), added to the
         accountant's ε (basic composition, which can only overstate the total).
+    skellam : list of SkellamRound
+        Rounds of distributed DP-SGD (``distributed.py``), composed with the Gaussian history in
+        RDP (``skellam.py``); only the RDP accountant can hold them.
     """
 
     budget: float
@@ -54,6 +59,7 @@ class Ledger:
     accountant: str = "rdp"
     history: list[Event] = field(default_factory=list)
     pure: list[float] = field(default_factory=list)
+    skellam: list[SkellamRound] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.budget > 0:
@@ -63,13 +69,36 @@ class Ledger:
         self.pure = [float(e) for e in self.pure]
         if any(not e >= 0 for e in self.pure):
             raise ValueError(f"pure epsilons must be >= 0, got {self.pure}")
+        self.skellam = [_skellam_round(r) for r in self.skellam]
+        if self.skellam and self.accountant != "rdp":
+            raise ValueError("distributed-DP (Skellam) rounds are accounted in RDP: the accountant must be 'rdp'")
 
     def spent(self) -> float:
         """ε of everything recorded so far."""
         return self._epsilon(self.history, self.pure)
 
-    def _epsilon(self, history: list[Event], pure: list[float]) -> float:
-        return compose_epsilon(history, delta=self.delta, accountant=self.accountant) + math.fsum(pure)
+    def _epsilon(self, history: list[Event], pure: list[float], skellam: list[SkellamRound] | None = None) -> float:
+        skellam = self.skellam if skellam is None else skellam
+        if skellam:
+            central = combined_epsilon(history, skellam, delta=self.delta)
+        else:
+            central = compose_epsilon(history, delta=self.delta, accountant=self.accountant)
+        return central + math.fsum(pure)
+
+    def can_afford_skellam(self, event: SkellamRound) -> bool:
+        """Whether one more distributed-DP round keeps ε within the budget."""
+        return self._epsilon(self.history, self.pure, [*self.skellam, event]) <= self.budget
+
+    def record_skellam(self, event: SkellamRound) -> float:
+        """Record a distributed-DP round and return the new ε; ``BudgetExhausted`` (nothing recorded) if over."""
+        would = self._epsilon(self.history, self.pure, [*self.skellam, event])
+        if not would <= self.budget:
+            raise BudgetExhausted(
+                f"privacy budget exhausted: spent epsilon={self.spent():.4g}, this distributed round would make it "
+                f"{would:.4g} > budget {self.budget:.4g} (delta={self.delta:g})"
+            )
+        self.skellam.append(event)
+        return would
 
     def would_spend(
         self, *, noise_multiplier: float, sample_rate: float, steps: int, pure_epsilon: float = 0.0
@@ -119,6 +148,11 @@ class Ledger:
             "sample_rates": [q for _, q, _ in self.history],
             "steps": [n for _, _, n in self.history],
             "pure_epsilons": list(self.pure),
+            "skellam_l2": [r.l2 for r in self.skellam],
+            "skellam_l1": [r.l1 for r in self.skellam],
+            "skellam_variances": [r.variance for r in self.skellam],
+            "skellam_sample_rates": [r.sample_rate for r in self.skellam],
+            "skellam_steps": [r.steps for r in self.skellam],
         }
 
     @classmethod
@@ -135,12 +169,22 @@ class Ledger:
             raise LedgerStateError(f"ledger state lacks {', '.join(missing)} (has {', '.join(sorted(record))})")
         try:
             events = list(zip(record["noise_multipliers"], record["sample_rates"], record["steps"], strict=True))
+            # Ledgers written before distributed DP existed have no Skellam rounds.
+            rounds = list(zip(*(record.get(k, []) for k in _SKELLAM_KEYS), strict=True))
             return cls(
                 budget=float(record["budget"]),
                 delta=float(record["delta"]),
                 accountant=str(record["accountant"]),
                 history=[(float(s), float(q), int(n)) for s, q, n in events],
                 pure=[float(e) for e in record["pure_epsilons"]],
+                skellam=[_skellam_round(r) for r in rounds],
             )
         except (TypeError, ValueError) as err:
             raise LedgerStateError(f"ledger state is malformed: {err}") from err
+
+
+def _skellam_round(r: SkellamRound | tuple[float, float, float, float, int]) -> SkellamRound:
+    if isinstance(r, SkellamRound):
+        return r
+    l2, l1, variance, rate, steps = r
+    return SkellamRound(float(l2), float(l1), float(variance), float(rate), int(steps))

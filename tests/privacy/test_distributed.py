@@ -41,6 +41,23 @@ def _claims_plan(**kw) -> DistributedPlan:
     return plan_distributed(**(args | kw))
 
 
+def _one_by_one(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> torch.Tensor:
+    total = torch.zeros(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    for xi, yi in zip(x, y, strict=True):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(xi[None]), yi[None]).backward()
+        g = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double()
+        total += g * min(1.0, clip / g.norm().item())
+    return total
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(12, 3), lambda: nn.Sequential(nn.Identity(), nn.Linear(12, 3))])
+def test_linear_models_take_the_closed_form_with_the_same_clipped_sum(make):
+    torch.manual_seed(0)
+    model, (x, y) = make(), _data()
+    assert torch.allclose(clipped_gradient_sum(model, x, y, clip=0.5), _one_by_one(model, x, y, 0.5), atol=1e-5)
+
+
 def test_clipped_sum_equals_clipping_each_record_one_by_one():
     model, (x, y) = _model(), _data()
     expected = torch.zeros(sum(p.numel() for p in model.parameters()), dtype=torch.float64)

@@ -113,3 +113,31 @@ def test_a_bad_ledger_state_is_a_clear_error(change, message):
     change(config)
     with pytest.raises(LedgerStateError, match=message):
         Ledger.from_config(config)
+
+
+def test_skellam_rounds_compose_with_gaussian_events_refuse_and_round_trip():
+    from fedlatent.privacy.skellam import SkellamRound, skellam_epsilon
+
+    step = SkellamRound(2000.0, 2000.0 * 60, (4.0 * 2000.0) ** 2, 0.1, 50)
+    ledger = Ledger(budget=2.0, delta=DELTA)
+    alone = ledger.record_skellam(step)
+    assert alone == pytest.approx(skellam_epsilon([step], delta=DELTA))
+    ledger.record(noise_multiplier=3.0, sample_rate=0.05, steps=100)
+    both = ledger.spent()
+    assert both > alone  # the Gaussian rounds compose with the Skellam ones
+    assert both < alone + compose_epsilon([(3.0, 0.05, 100)], delta=DELTA)  # in RDP, tighter than adding
+    again = Ledger.from_config(ConfigRecord(ledger.to_config()))
+    assert again.skellam == ledger.skellam and again.spent() == both
+    while ledger.can_afford_skellam(step):
+        ledger.record_skellam(step)
+    with pytest.raises(BudgetExhausted, match="distributed round"):
+        ledger.record_skellam(step)
+    assert ledger.spent() <= 2.0
+    with pytest.raises(ValueError, match="rdp"):
+        Ledger(budget=2.0, delta=DELTA, accountant="prv", skellam=[step])
+
+
+def test_ledgers_written_before_distributed_dp_still_load():
+    state = Ledger(budget=1.0, delta=DELTA).to_config()
+    old = {k: v for k, v in state.items() if not k.startswith("skellam")}
+    assert Ledger.from_config(old).skellam == []

@@ -1,0 +1,94 @@
+"""Distributed DP-SGD on the server: each round one step over the union of the clients' records, via SecAgg+.
+
+Per round: the global model goes to every live client; each returns its integer share (clipped
+per-record gradients of a Poisson sample, rounded, plus Skellam noise) through Flower's SecAgg+
+(``secagg.secure_sum``); the server decodes the sum into the gradient of one centralized DP-SGD
+step and applies its optimizer (``optimizer``/``lr``/``momentum``). It records, per round, which
+partitions the sum holds: its own ε of each client is computed from that record
+(``report.privacy_summary``), never taken from a reply.
+
+The server view holds what the server received: the sum of each round (``secure/rNNN.npz``),
+with the partitions in it, and no client's vector (there is none to hold).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from flwr.app import RecordDict
+
+from fedlatent.federation import payloads as P
+from fedlatent.federation.context import RunContext
+from fedlatent.federation.rounds import identify
+from fedlatent.federation.secagg import SecureRoundFailed, secure_sum, workflow_for
+from fedlatent.learning.models import Encoder
+from fedlatent.learning.progress import Progress
+from fedlatent.learning.training import encode, evaluate
+from fedlatent.plan import build_classifier
+from fedlatent.privacy.distributed import server_gradient, set_flat_gradient
+from fedlatent.secure_plan import distributed_plan
+
+log = logging.getLogger("fedlatent")
+EVALUATIONS = 20  # test accuracy this many times over the run (and after the last round)
+
+
+def server_optimizer(model: torch.nn.Module, *, kind: str, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """The server's optimizer of distributed DP-SGD: it only post-processes the privatized gradient."""
+    if kind == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def distributed_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
+    """``rounds`` distributed DP-SGD steps; a history row per evaluated round."""
+    cfg, plan, record, view = run.cfg, run.plan, run.record, run.view
+    if run.flower is None:
+        raise RuntimeError("distributed DP needs the ServerApp's Flower context (SecAgg+ keeps its state there)")
+    if not run.contract.owner:
+        identify(run)  # bind nodes to partitions: the server accounts per partition
+    model = build_classifier(cfg, plan.dataset)
+    dplan = distributed_plan(cfg, plan)
+    expected_batch = dplan.sample_rate * sum(len(c) for c in plan.client_idx)
+    optimizer = server_optimizer(model, kind=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum)
+    threshold = cfg.secagg_threshold or cfg.min_survivors
+    workflow = workflow_for(clients=len(run.nodes), threshold=threshold, bound=dplan.bound, timeout=cfg.round_timeout)
+    xt, yt = plan.test()
+    xt = encode(encoder, xt) if encoder is not None else xt  # once: the test features do not change
+    every = max(1, cfg.rounds // EVALUATIONS)
+    progress = Progress("distributed DP-SGD", cfg.rounds, unit="rounds")
+    log.info("distributed DP: z=%.3f over the sum of >= %d shares, scale %.4g, range +-%d, %d parameters",
+             dplan.noise_multiplier, dplan.min_survivors, dplan.scale, dplan.bound, dplan.dim)  # fmt: skip
+    for rnd in range(1, cfg.rounds + 1):
+        start = time.monotonic()
+        nodes = [n for n in run.nodes if n not in run.silent]
+        arrays = P.module_to_arrays(model)
+        config = {"server-round": rnd, "phase": P.PHASE_CLASSIFIER, "run-key": run.checkpoint.run_key}
+        try:
+            total, survivors, _ = secure_sum(
+                run.flower, run.grid, workflow, rnd=rnd, nodes=nodes, model=arrays, config=config
+            )
+        except SecureRoundFailed as err:
+            raise SecureRoundFailed(f"{err}; threshold {threshold} of {len(nodes)} live clients") from err
+        pids = sorted(p for n in survivors if (p := run.contract.partition_of(n)) is not None)
+        if len(pids) != len(survivors):
+            raise RuntimeError(f"round {rnd}: a node in the sum holds no partition bound at identify")
+        record.privacy.secure_rounds[rnd] = pids
+        run.traffic.down += P.payload_bytes(RecordDict({P.ARRAYS: arrays})) * len(nodes)
+        run.traffic.up += total.nbytes * len(survivors)  # one int64 vector each (the masks' seeds not counted)
+        saturated = int((np.abs(total) >= len(survivors) * dplan.bound).sum())
+        view.secure_sum(rnd, total, pids)
+        set_flat_gradient(model, server_gradient(total, plan=dplan, expected_batch=expected_batch))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        row: dict[str, object] = {"round": rnd, "survivors": len(pids), "seconds": time.monotonic() - start}
+        if saturated:
+            row["saturated"] = saturated
+            log.warning("round %d: %d coordinates of the sum at the range's edge (clamped shares)", rnd, saturated)
+        if rnd % every == 0 or rnd == cfg.rounds:
+            row["accuracy"] = evaluate(model, xt, yt)[1]
+        record.history.append(row)
+        progress(rnd, **({"accuracy": row["accuracy"]} if "accuracy" in row else {}))
+    return model

@@ -93,6 +93,8 @@ class RunConfig:
     secagg: bool = _key(False, None, "client vectors through Flower's SecAgg+: the server learns only their sum")
     secagg_max_dropouts: int = _key(0, C.at_least(0), "SecAgg+: clients that may drop out of a round")
     secagg_threshold: int = _key(0, C.at_least(0), "SecAgg+: shares to unmask (0 = num-clients - max-dropouts)")
+    stat_dim: int = _key(128, C.at_least(1), "distributed latent-share: public PCA dimension of the statistics")
+    stat_clip: float = _key(1.0, C.positive, "distributed latent-share: L2 clip of projected latents (public scale)")
     latent_classifier: str = _key("mlp", C.choice(LATENT_CLASSIFIERS), "latent classifier: mlp (256-128) | linear")
     optimizer: str = _key("adam", C.choice(OPTIMIZERS), "distributed DP: the server's optimizer (adam | sgd)")
     momentum: float = _key(0.9, C.fraction, "distributed DP: SGD momentum of the server's optimizer")
@@ -161,7 +163,10 @@ class RunConfig:
         if self.dp_mode == "distributed":
             needs = {
                 "'epsilon' finite (it is record-level DP)": self.dp,
-                "mode raw or latent-fedavg": self.mode in ("raw", "latent-fedavg"),
+                "mode raw, latent-fedavg, or latent-share with a public or scatternet encoder": (
+                    self.mode in ("raw", "latent-fedavg")
+                    or (self.mode == "latent-share" and self.encoder in ("public", "scatternet"))
+                ),
                 "'secagg' true: without it the server sees each client's share, whose epsilon is epsilon_local": (
                     self.secagg
                 ),

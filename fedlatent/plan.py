@@ -42,6 +42,7 @@ from fedlatent.privacy.client import DPPlan, plan_round, train_round
 from fedlatent.privacy.learners import ClippedClassifier
 from fedlatent.privacy.ledger import Ledger
 from fedlatent.privacy.mechanisms import latent_noise_std
+from fedlatent.privacy.statistics import Projected
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,9 @@ def build_classifier(cfg: RunConfig, ds: Dataset) -> nn.Module:
     with seeded_init(cfg.seed + 1):
         if not cfg.is_latent:  # raw, and public-only's exported model
             return ImageClassifier(image_shape=ds.image_shape, num_classes=ds.num_classes, arch=cfg.classifier_arch)
+        if cfg.mode == "latent-share" and cfg.dp_mode == "distributed":  # LDA on public projections
+            blank = torch.zeros(cfg.feature_dim, cfg.stat_dim)
+            return Projected(blank[:, 0], blank, clip=cfg.stat_clip, num_classes=ds.num_classes)
         hidden = () if cfg.latent_classifier == "linear" else (256, 128)
         latent = LatentClassifier(
             latent_dim=cfg.feature_dim, num_classes=ds.num_classes, hidden=hidden, seed_bugs=cfg.seed_bugs

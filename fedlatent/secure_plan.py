@@ -8,22 +8,30 @@ process, keyed on every setting it reads.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from fedlatent.config import RunConfig
 from fedlatent.plan import DataPlan, build_classifier
 from fedlatent.privacy.distributed import DistributedPlan, plan_distributed
+from fedlatent.privacy.statistics import statistics_dim
 
 
 def distributed_plan(cfg: RunConfig, plan: DataPlan) -> DistributedPlan:
     """The public settings of distributed DP-SGD (``privacy.distributed``): every party recomputes them.
 
-    One round is one step over the union of the clients' records: sampling rate
+    latent-share sends one release of sufficient statistics (``privacy.statistics``: sensitivity
+    √3 · ``stat-clip``, no sampling). Otherwise one round is one step over the union of the
+    clients' records: sampling rate
     ``batch-size / records``, clip ``max-grad-norm``, ``rounds`` steps, shares calibrated for
     ``num-clients - secagg-max-dropouts`` survivors; the classifier's size sets the dimension.
     """
     sizes = [len(c) for c in plan.client_idx]
+    if cfg.mode == "latent-share":  # one release of sufficient statistics (privacy.statistics), no sampling
+        dim = statistics_dim(plan.dataset.num_classes, cfg.stat_dim)
+        return _distributed_plan(cfg.epsilon, cfg.delta, math.sqrt(3) * cfg.stat_clip, dim, 1.0, 1, cfg.num_clients,
+                                 cfg.min_survivors, max(sizes))  # fmt: skip
     dim = sum(p.numel() for p in build_classifier(cfg, plan.dataset).parameters())
     return _distributed_plan(cfg.epsilon, cfg.delta, cfg.max_grad_norm, dim, min(1.0, cfg.batch_size / sum(sizes)),
                              cfg.rounds, cfg.num_clients, cfg.min_survivors, max(sizes))  # fmt: skip

@@ -191,7 +191,7 @@ def test_distributed_dp_builds_with_what_it_needs():
     ("change", "named"),
     [
         ({"epsilon": math.inf}, "'epsilon' finite"),
-        ({"mode": "latent-share"}, "mode raw or latent-fedavg"),
+        ({"mode": "latent-share", "encoder": "local"}, "mode raw, latent-fedavg"),
         ({"secagg": False}, "epsilon_local"),
         ({"fraction-train": 0.5}, "fraction-train"),
         ({"client-dp-noise": 1.0}, "client-dp-noise"),

@@ -112,7 +112,8 @@ def rejected_summary(rejected: list[dict[str, Any]]) -> dict[str, Any]:
 
 def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
     """The privacy fields of ``results.json``, with what they do and do not cover."""
-    labels_in_clear = cfg.mode == "latent-share" and cfg.label_epsilon == float("inf")
+    # Distributed latent-share sends noisy label counts inside the secure sum, never a label.
+    labels_in_clear = cfg.mode == "latent-share" and cfg.label_epsilon == float("inf") and cfg.dp_mode == "local"
     if cfg.mode == "public-only":  # exactly zero, not "no DP": no private record was read
         return {
             "epsilon": 0.0,

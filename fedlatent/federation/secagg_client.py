@@ -25,8 +25,9 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedlatent.config import RunConfig
 from fedlatent.plan import DataPlan, build_classifier, noise_generator
-from fedlatent.privacy.distributed import client_share
+from fedlatent.privacy.distributed import client_share, integer_share
 from fedlatent.privacy.ledger import Ledger
+from fedlatent.privacy.statistics import Projected, client_statistics
 from fedlatent.secure_plan import distributed_plan
 
 log = logging.getLogger("fedlatent")
@@ -55,13 +56,18 @@ def ordered_model(cfg: RunConfig, plan: DataPlan, arrays: ArrayRecord) -> torch.
     """The classifier with the legacy record's arrays ("0", "1", ... in ``state_dict`` order) loaded, shapes checked."""
     model = build_classifier(cfg, plan.dataset)
     state = model.state_dict()
-    values = [arrays[k].numpy() for k in sorted(arrays, key=int)]
+    values = [a.numpy() for a in _ordered(arrays)]
     shapes = [tuple(t.shape) for t in state.values()]
     if [v.shape for v in values] != shapes:
         raise ValueError(f"the model sent has arrays {[v.shape for v in values]}, the classifier {shapes}")
     tensors = [torch.from_numpy(np.asarray(v, dtype=np.float32)) for v in values]
     model.load_state_dict(dict(zip(state, tensors, strict=True)))
     return model
+
+
+def _ordered(arrays: ArrayRecord) -> list:
+    """The legacy record's arrays in order (its keys are "0", "1", ...: the workflow drops the names)."""
+    return [arrays[k] for k in sorted(arrays, key=int)]
 
 
 def distributed_reply(
@@ -82,9 +88,18 @@ def distributed_reply(
     rnd = int(secure_config(msg).get("server-round", 0))  # type: ignore[arg-type]
     dplan = distributed_plan(cfg, plan)
     spent = ledger.record_skellam(dplan.round_of(dplan.min_survivors))  # raises before anything is computed
-    model = ordered_model(cfg, plan, msg.content.array_records[FITINS_PARAMETERS])
     _, y = plan.client(pid)
-    share, clamped = client_share(model, inputs(), y, plan=dplan, generator=noise_generator(cfg, pid, rnd, 4))
+    generator = noise_generator(cfg, pid, rnd, 4)
+    if cfg.mode == "latent-share":  # one release of sufficient statistics on the public projection
+        mean, basis = (a.numpy() for a in _ordered(msg.content.array_records[FITINS_PARAMETERS]))
+        projected = Projected(torch.from_numpy(mean), torch.from_numpy(basis), clip=cfg.stat_clip, num_classes=1)
+        with torch.no_grad():
+            stats = client_statistics(projected.project(inputs()), y, num_classes=plan.dataset.num_classes,
+                                      clip=cfg.stat_clip)  # fmt: skip
+        share, clamped = integer_share(stats, plan=dplan, generator=generator)
+    else:
+        model = ordered_model(cfg, plan, msg.content.array_records[FITINS_PARAMETERS])
+        share, clamped = client_share(model, inputs(), y, plan=dplan, generator=generator)
     if clamped:  # a > 8-sigma event by the plan's range; it stays with the client (a count is data-dependent)
         log.warning("partition %d round %d: %d coordinates clamped to the secure-sum range", pid, rnd, clamped)
     content = RecordDict(

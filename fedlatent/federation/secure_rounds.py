@@ -14,21 +14,29 @@ with the partitions in it, and no client's vector (there is none to hold).
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
 import torch
-from flwr.app import RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
 from fedlatent.federation import payloads as P
 from fedlatent.federation.context import RunContext
-from fedlatent.federation.rounds import identify
+from fedlatent.federation.rounds import broadcast, identify
 from fedlatent.federation.secagg import SecureRoundFailed, secure_sum, workflow_for
 from fedlatent.learning.models import Encoder
 from fedlatent.learning.progress import Progress
 from fedlatent.learning.training import encode, evaluate
 from fedlatent.plan import build_classifier
 from fedlatent.privacy.distributed import server_gradient, set_flat_gradient
+from fedlatent.privacy.statistics import (
+    Projected,
+    decode_statistics,
+    fit_projection,
+    lda_from_statistics,
+    statistics_ridge,
+)
 from fedlatent.secure_plan import distributed_plan
 
 log = logging.getLogger("fedlatent")
@@ -91,4 +99,46 @@ def distributed_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Modu
             row["accuracy"] = evaluate(model, xt, yt)[1]
         record.history.append(row)
         progress(rnd, **({"accuracy": row["accuracy"]} if "accuracy" in row else {}))
+    return model
+
+
+def statistics_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
+    """latent-share by sufficient statistics: one secure round, then LDA on the noisy sums (``privacy.statistics``).
+
+    The encoder (public or data-free) goes to every client first; the public projection travels
+    with the secure round; the server fits the discriminant from the sum alone.
+    """
+    cfg, plan, record = run.cfg, run.plan, run.record
+    if run.flower is None or encoder is None:
+        raise RuntimeError("statistics need the ServerApp's Flower context and an encoder the server holds")
+    for m in broadcast(run, P.Q_SET_ENCODER, RecordDict({P.ARRAYS: P.module_to_arrays(encoder)})):
+        run.inbox.accept(m, phase="set-encoder", rnd=0)
+    if not run.contract.owner:
+        identify(run)
+    mean, basis = fit_projection(encode(encoder, plan.public()[0]), cfg.stat_dim)
+    dplan = distributed_plan(cfg, plan)
+    threshold = cfg.secagg_threshold or cfg.min_survivors
+    workflow = workflow_for(clients=len(run.nodes), threshold=threshold, bound=dplan.bound, timeout=cfg.round_timeout)
+    arrays = ArrayRecord([mean.numpy(), basis.numpy()])
+    config = {"server-round": 1, "phase": "statistics", "run-key": run.checkpoint.run_key}
+    nodes = [n for n in run.nodes if n not in run.silent]
+    total, survivors, _ = secure_sum(run.flower, run.grid, workflow, rnd=1, nodes=nodes, model=arrays, config=config)
+    pids = sorted(p for n in survivors if (p := run.contract.partition_of(n)) is not None)
+    record.privacy.secure_rounds[1] = pids
+    run.view.secure_sum(1, total, pids)
+    run.traffic.down += P.payload_bytes(RecordDict({P.ARRAYS: arrays})) * len(nodes)
+    run.traffic.up += total.nbytes * len(survivors)
+    k = plan.dataset.num_classes
+    sums, counts, moment = decode_statistics(total, num_classes=k, dim=cfg.stat_dim, clip=cfg.stat_clip,
+                                             scale=dplan.scale)  # fmt: skip
+    noise = math.sqrt(dplan.share_variance * len(pids)) / dplan.scale * cfg.stat_clip  # per moment entry
+    ridge = statistics_ridge(clip=cfg.stat_clip, dim=cfg.stat_dim, moment_noise_std=noise, records=counts.sum())
+    weights, biases = lda_from_statistics(sums, counts, moment, ridge=ridge)
+    model = Projected(mean, basis, clip=cfg.stat_clip, num_classes=k)
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.from_numpy(weights).float())
+        model.linear.bias.copy_(torch.from_numpy(biases).float())
+    log.info("LDA fitted on the secure sum of %d clients' statistics (%d entries, ridge %.3g)", len(pids), dplan.dim,
+             ridge)  # fmt: skip
+    record.history.append({"round": 1, "survivors": len(pids), "learner": "lda-statistics"})
     return model

@@ -27,7 +27,7 @@ from fedlatent.federation.phases import central_accuracy, encoder_phase, fedavg_
 from fedlatent.federation.report import RunRecord
 from fedlatent.federation.rounds import identify
 from fedlatent.federation.rundir import mark_failed, resume_directory, run_directory
-from fedlatent.federation.secure_rounds import distributed_phase
+from fedlatent.federation.secure_rounds import distributed_phase, statistics_phase
 from fedlatent.federation.server_view import ServerView
 from fedlatent.federation.strategy import Traffic
 from fedlatent.jsonable import jsonable
@@ -103,7 +103,8 @@ def _phases(run: RunContext) -> None:
             encoder = encoder_phase(run) if cfg.is_latent else None
         with record.timed("federation"):
             if cfg.dp_mode == "distributed":
-                model = distributed_phase(run, encoder)
+                secure = statistics_phase if cfg.mode == "latent-share" else distributed_phase
+                model = secure(run, encoder)
             else:
                 model = share_phase(run, encoder) if cfg.mode == "latent-share" else fedavg_phase(run, encoder)
         view.final_model(P.module_to_arrays(model))

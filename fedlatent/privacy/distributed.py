@@ -239,7 +239,17 @@ def client_share(
     if dim != plan.dim:
         raise ValueError(f"model has {dim} parameters, the plan {plan.dim}")
     total = clipped_gradient_sum(model, x[mask], y[mask], clip=plan.clip) if mask.any() else torch.zeros(dim)
-    v = stochastic_round(total * plan.scale, generator) + skellam_noise(dim, plan.share_variance, generator)
+    return integer_share(total, plan=plan, generator=generator)
+
+
+def integer_share(vector: torch.Tensor, *, plan: DistributedPlan, generator: torch.Generator) -> tuple[np.ndarray, int]:
+    """⌊s·v + U⌋ plus the client's Skellam share, clamped to ±``plan.bound``; and how many coordinates were clamped.
+
+    ``vector`` must move by at most ``plan.clip`` in L2 when one record is added or removed.
+    """
+    if len(vector) != plan.dim:
+        raise ValueError(f"vector has {len(vector)} entries, the plan {plan.dim}")
+    v = stochastic_round(vector * plan.scale, generator) + skellam_noise(plan.dim, plan.share_variance, generator)
     clamped = int((v.abs() > plan.bound).sum())
     return v.clamp(-plan.bound, plan.bound).numpy(), clamped
 

@@ -55,3 +55,18 @@ def test_secure_rounds_hold_the_survivors_only_and_the_server_accounts_them(link
     for pid, rounds in took_part.items():
         assert results["epsilon_per_client"][pid] == pytest.approx(dplan.epsilon([3] * rounds, delta=1e-5))
     assert 0 < results["epsilon"] <= 3.0 < results["epsilon_local"]
+
+
+def test_statistics_release_gives_an_end_to_end_dp_lda_without_labels_in_clear(link: LocalSuperLink, tmp_path: Path):
+    out = tmp_path / "statistics"
+    keys = {"dataset": "digits", "num-clients": 3, "mode": "latent-share", "encoder": "scatternet", "epsilon": 3.0,
+            "dp-mode": "distributed", "secagg": True, "stat-dim": 64, "out-dir": str(out),
+            "cache-dir": str(tmp_path / "cache")}  # fmt: skip
+    link.run(app_dir(), run_config=keys, num_supernodes=3, timeout=900)
+    results = json.loads((out / "results.json").read_text())
+    assert results["end_to_end_dp"] is True and results["labels_in_clear"] is False
+    assert results["history"] == [{"round": 1, "survivors": 3, "learner": "lda-statistics"}]
+    assert results["accuracy"] > 0.7, results["accuracy"]
+    assert 0 < results["epsilon"] <= 3.0
+    view = out / "server_view"
+    assert not (view / "latents").exists() and [p.name for p in (view / "secure").iterdir()] == ["r001.npz"]

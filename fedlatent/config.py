@@ -189,6 +189,11 @@ class RunConfig:
                 raise ConfigError(f"config key 'secagg-threshold' must be at most 'num-clients' = {self.num_clients}")
 
     @property
+    def statistics_dim(self) -> int:
+        """The projection's dimension in distributed latent-share: ``stat-dim``, at most the latent's width."""
+        return min(self.stat_dim, self.feature_dim)
+
+    @property
     def min_survivors(self) -> int:
         """Clients whose noise shares a distributed-DP round must hold: num-clients − secagg-max-dropouts."""
         return self.num_clients - self.secagg_max_dropouts

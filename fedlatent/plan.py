@@ -164,7 +164,7 @@ def build_classifier(cfg: RunConfig, ds: Dataset) -> nn.Module:
         if not cfg.is_latent:  # raw, and public-only's exported model
             return ImageClassifier(image_shape=ds.image_shape, num_classes=ds.num_classes, arch=cfg.classifier_arch)
         if cfg.mode == "latent-share" and cfg.dp_mode == "distributed":  # LDA on public projections
-            blank = torch.zeros(cfg.feature_dim, cfg.stat_dim)
+            blank = torch.zeros(cfg.feature_dim, cfg.statistics_dim)
             return Projected(blank[:, 0], blank, clip=cfg.stat_clip, num_classes=ds.num_classes)
         hidden = () if cfg.latent_classifier == "linear" else (256, 128)
         latent = LatentClassifier(

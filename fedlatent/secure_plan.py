@@ -29,7 +29,7 @@ def distributed_plan(cfg: RunConfig, plan: DataPlan) -> DistributedPlan:
     """
     sizes = [len(c) for c in plan.client_idx]
     if cfg.mode == "latent-share":  # one release of sufficient statistics (privacy.statistics), no sampling
-        dim = statistics_dim(plan.dataset.num_classes, cfg.stat_dim)
+        dim = statistics_dim(plan.dataset.num_classes, cfg.statistics_dim)
         return _distributed_plan(cfg.epsilon, cfg.delta, math.sqrt(3) * cfg.stat_clip, dim, 1.0, 1, cfg.num_clients,
                                  cfg.min_survivors, max(sizes))  # fmt: skip
     dim = sum(p.numel() for p in build_classifier(cfg, plan.dataset).parameters())

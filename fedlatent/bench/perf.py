@@ -9,7 +9,9 @@ From one invocation, on one private SuperLink (real ``flwr run`` simulations):
   message (the share broadcast's wall time ÷ its messages; it must not grow with the data
   set), peak resident memory of all Flower processes, bytes uploaded per client;
 - ``rounds``: ``raw`` and ``latent-fedavg`` at 100 clients with ``fraction-train 0.1``: seconds
-  per round, peak memory, bytes uploaded per client.
+  per round, peak memory, bytes uploaded per client;
+- ``secagg``: distributed DP through SecAgg+ beside plain FedAvg at 10 and 100 clients
+  (``secure.py``): seconds and bytes per round.
 
 Writes ``bench.json`` (every figure), ``bench.md`` (the tables) and ``bench.png``.
 """
@@ -28,6 +30,7 @@ from typing import Any
 
 from fedlatent.bench.central import central_seconds, step_seconds
 from fedlatent.bench.report import write_report
+from fedlatent.bench.secure import secagg_cost
 from fedlatent.config import RunConfig
 from fedlatent.jsonable import jsonable
 from fedlatent.launch.processes import sessions_rss, tree_sessions
@@ -175,6 +178,7 @@ def run_bench(
         bench = Bench(link, out, dataset=dataset, echo=echo)
         report["fed_vs_central"] = fed_vs_central(bench, epsilon=epsilon)
         report["rounds"] = rounds(bench)
+        report["secagg"] = secagg_cost(bench)
         report["scale"] = scale(bench, clients=clients, datasets=datasets)
     (out / "bench.json").write_text(json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n")
     write_report(report, out)

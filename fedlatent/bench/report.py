@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fedlatent.bench.secure import markdown_rows
+
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.2f}"
@@ -47,6 +49,9 @@ def markdown(report: dict[str, Any]) -> str:
             for r in report["rounds"]
         ],
     )  # fmt: skip
+    if report.get("secagg"):
+        lines += ["", "## SecAgg+ (distributed DP) beside plain FedAvg, same model and data", ""]
+        lines += _table(*markdown_rows(report["secagg"]))
     lines += ["", "## latent-share as clients grow (one release round)", ""]
     lines += _table(
         ["data set", "clients", "round s", "ms / message", "marginal ms / message", "run s", "peak GiB",

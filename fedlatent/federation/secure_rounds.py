@@ -115,7 +115,7 @@ def statistics_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Modul
         run.inbox.accept(m, phase="set-encoder", rnd=0)
     if not run.contract.owner:
         identify(run)
-    mean, basis = fit_projection(encode(encoder, plan.public()[0]), cfg.stat_dim)
+    mean, basis = fit_projection(encode(encoder, plan.public()[0]), cfg.statistics_dim)
     dplan = distributed_plan(cfg, plan)
     threshold = cfg.secagg_threshold or cfg.min_survivors
     workflow = workflow_for(clients=len(run.nodes), threshold=threshold, bound=dplan.bound, timeout=cfg.round_timeout)
@@ -129,10 +129,10 @@ def statistics_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Modul
     run.traffic.down += P.payload_bytes(RecordDict({P.ARRAYS: arrays})) * len(nodes)
     run.traffic.up += total.nbytes * len(survivors)
     k = plan.dataset.num_classes
-    sums, counts, moment = decode_statistics(total, num_classes=k, dim=cfg.stat_dim, clip=cfg.stat_clip,
+    sums, counts, moment = decode_statistics(total, num_classes=k, dim=cfg.statistics_dim, clip=cfg.stat_clip,
                                              scale=dplan.scale)  # fmt: skip
     noise = math.sqrt(dplan.share_variance * len(pids)) / dplan.scale * cfg.stat_clip  # per moment entry
-    ridge = statistics_ridge(clip=cfg.stat_clip, dim=cfg.stat_dim, moment_noise_std=noise, records=counts.sum())
+    ridge = statistics_ridge(clip=cfg.stat_clip, dim=cfg.statistics_dim, moment_noise_std=noise, records=counts.sum())
     weights, biases = lda_from_statistics(sums, counts, moment, ridge=ridge)
     model = Projected(mean, basis, clip=cfg.stat_clip, num_classes=k)
     with torch.no_grad():

@@ -56,3 +56,23 @@ def test_tables_and_figure(tmp_path: Path) -> None:
     assert rows[1]["marginal_seconds_per_message"] == pytest.approx((2.0 - 0.2) / 90)
     write_report(report, tmp_path)
     assert (tmp_path / "bench.md").read_text() == text and (tmp_path / "bench.png").stat().st_size > 5000
+
+
+def test_the_secagg_table_reads_each_rounds_median_after_the_first() -> None:
+    from fedlatent.bench.secure import per_round, secagg_cost
+
+    class FakeBench:
+        def federation(self, name: str, overrides: dict) -> dict:
+            secure = name.startswith("secagg")
+            assert overrides["dp-mode" if secure else "local-epochs"] == ("distributed" if secure else 1)
+            seconds = [9.0, 2.0, 2.2, 2.4] if secure else [5.0, 1.0, 1.0, 1.0]
+            return {"history": [{"round": i + 1, "seconds": s} for i, s in enumerate(seconds)], "rounds": 4,
+                    "bytes_uploaded": 4 * overrides["num-clients"] * (320e3 if secure else 160e3),
+                    "accuracy": 0.8, "epsilon": 2.99}  # fmt: skip
+
+    assert per_round({"history": [{"seconds": 9.0}, {"seconds": 1.0}, {"seconds": 3.0}]}) == 2.0
+    rows = secagg_cost(FakeBench(), clients=(10,))
+    assert rows[0]["ratio"] == pytest.approx(2.2) and rows[0]["secure_bytes_up_per_client_round"] == 320e3
+    report = {"dataset": "d", "started": "now", "dp_step": {"dp_over_plain": 1.0, "dp_step_seconds": 1.0,
+              "plain_step_seconds": 1.0}, "fed_vs_central": [], "rounds": [], "scale": [], "secagg": rows}  # fmt: skip
+    assert "| 10 | 2.20 | 1.00 | 2.20 | 320, 160 |" in markdown(report)

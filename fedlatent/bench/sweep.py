@@ -57,8 +57,12 @@ PRIVATE_KEYS = frozenset(
     "max-grad-norm accountant latent-clip "
     "label-epsilon encoder-epsilon encoder-rounds client-dp-noise client-dp-clip server-epochs server-batch-size "
     "server-lr server-learner seed-bugs client-threads out-dir cache-dir "
-    "reproducible-noise resume client-state-dir".split()
+    "reproducible-noise resume client-state-dir dp-mode secagg secagg-max-dropouts secagg-threshold stat-dim "
+    "stat-clip optimizer momentum".split()
 )
+# A distributed-DP point trains with the server's recipe (one step per round, its own batch and
+# lr); its bar is the standard public-only classifier, the one its local-DP neighbours share.
+DISTRIBUTED_RECIPE = frozenset("rounds batch-size lr latent-classifier".split())
 # Short names of common keys in point ids ("" = the value alone says it, e.g. a mode).
 _SHORT = {"mode": "", "dataset": "", "partition": "", "encoder": "", "epsilon": "eps", "seed": "s", "alpha": "a"}
 _SHORT |= {"public-fraction": "pf", "public-labels": "pl", "num-clients": "n"}
@@ -192,7 +196,8 @@ def _key_of(overrides: dict[str, Any]) -> str:
 
 def public_group(overrides: dict[str, Any]) -> dict[str, Any]:
     """The public-only point of a point: its keys without those a public-only run ignores."""
-    kept = {k: v for k, v in overrides.items() if k not in PRIVATE_KEYS}
+    ignored = PRIVATE_KEYS | (DISTRIBUTED_RECIPE if overrides.get("dp-mode") == "distributed" else frozenset())
+    kept = {k: v for k, v in overrides.items() if k not in ignored}
     return {**kept, "mode": "public-only"}
 
 

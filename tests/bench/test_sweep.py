@@ -88,7 +88,9 @@ def test_a_toml_file_with_inf_loads(tmp_path: Path) -> None:
         SweepSpec.load(path)
 
 
-@pytest.mark.parametrize("name", ["quick", "claims-fmnist", "frontier-fmnist", "scatternet-fmnist"])
+@pytest.mark.parametrize(
+    "name", ["quick", "claims-fmnist", "frontier-fmnist", "scatternet-fmnist", "distributed-fmnist"]
+)
 def test_the_shipped_sweeps_are_valid(name: str) -> None:
     path = Path(__file__).parents[2] / "experiments" / f"{name}.toml"
     assert len(points(SweepSpec.load(path))) > 1
@@ -128,3 +130,11 @@ def test_several_grids_pool_their_points_and_a_shared_point_runs_once(tmp_path: 
     assert all("seed-bugs" not in p.overrides for p in federated if p.overrides["mode"] == "raw")
     assert {p.public_only for p in federated} == {p.id for p in found if p.is_public_only}
     assert all(p.id.startswith(("raw_", "latent-fedavg_")) for p in federated)  # mode tells them apart
+
+
+def test_distributed_points_share_the_bar_of_their_local_neighbours() -> None:
+    local = {"mode": "latent-fedavg", "encoder": "scatternet", "epsilon": 3.0, "seed": 0}
+    distributed = {**local, "dp-mode": "distributed", "secagg": True, "rounds": 290, "batch-size": 8192, "lr": 16.0,
+                   "latent-classifier": "linear", "optimizer": "sgd"}  # fmt: skip
+    assert public_group(distributed) == public_group(local)
+    assert public_group({**local, "rounds": 3}) != public_group(local)  # a local recipe's rounds train its bar too

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
-from flwr.common import FitIns, Parameters, parameters_to_ndarrays
+from flwr.common import FitIns, Parameters, Scalar, parameters_to_ndarrays
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.compat.legacy_context import LegacyContext
@@ -52,7 +52,7 @@ class SecureRoundFailed(RuntimeError):
 class _SumStrategy(Strategy):  # type: ignore[misc]
     """The legacy strategy the workflow drives: fixed nodes, and the unmasked mean kept, not applied."""
 
-    def __init__(self, grid: Grid, run_id: int, nodes: list[int], config: Mapping[str, object]) -> None:
+    def __init__(self, grid: Grid, run_id: int, nodes: list[int], config: Mapping[str, Scalar]) -> None:
         self.proxies = [GridClientProxy(n, grid, run_id) for n in nodes]
         self.config = dict(config)
         self.result: tuple[np.ndarray, list[int], dict[int, dict[str, object]]] | None = None
@@ -112,7 +112,7 @@ def secure_sum(
     rnd: int,
     nodes: list[int],
     model: ArrayRecord,
-    config: Mapping[str, object],
+    config: Mapping[str, Scalar],
 ) -> tuple[np.ndarray, list[int], dict[int, dict[str, object]]]:
     """One SecAgg+ round: ``(sum of the survivors' vectors, survivor node ids, each survivor's plain metrics)``.
 

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, RecordDict
+from flwr.common import Scalar
 
 from fedlatent.federation import payloads as P
 from fedlatent.federation.context import RunContext
@@ -73,7 +74,11 @@ def distributed_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Modu
         start = time.monotonic()
         nodes = [n for n in run.nodes if n not in run.silent]
         arrays = P.module_to_arrays(model)
-        config = {"server-round": rnd, "phase": P.PHASE_CLASSIFIER, "run-key": run.checkpoint.run_key}
+        config: dict[str, Scalar] = {
+            "server-round": rnd,
+            "phase": P.PHASE_CLASSIFIER,
+            "run-key": run.checkpoint.run_key,
+        }
         try:
             total, survivors, _ = secure_sum(
                 run.flower, run.grid, workflow, rnd=rnd, nodes=nodes, model=arrays, config=config
@@ -91,14 +96,14 @@ def distributed_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Modu
         set_flat_gradient(model, server_gradient(total, plan=dplan, expected_batch=expected_batch))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        row: dict[str, object] = {"round": rnd, "survivors": len(pids), "seconds": time.monotonic() - start}
+        row: dict[str, float] = {"round": rnd, "survivors": len(pids), "seconds": time.monotonic() - start}
         if saturated:
             row["saturated"] = saturated
             log.warning("round %d: %d coordinates of the sum at the range's edge (clamped shares)", rnd, saturated)
         if rnd % every == 0 or rnd == cfg.rounds:
             row["accuracy"] = evaluate(model, xt, yt)[1]
         record.history.append(row)
-        progress(rnd, **({"accuracy": row["accuracy"]} if "accuracy" in row else {}))
+        progress(rnd, **{k: v for k, v in row.items() if k == "accuracy"})
     return model
 
 
@@ -120,7 +125,7 @@ def statistics_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Modul
     threshold = cfg.secagg_threshold or cfg.min_survivors
     workflow = workflow_for(clients=len(run.nodes), threshold=threshold, bound=dplan.bound, timeout=cfg.round_timeout)
     arrays = ArrayRecord([mean.numpy(), basis.numpy()])
-    config = {"server-round": 1, "phase": "statistics", "run-key": run.checkpoint.run_key}
+    config: dict[str, Scalar] = {"server-round": 1, "phase": "statistics", "run-key": run.checkpoint.run_key}
     nodes = [n for n in run.nodes if n not in run.silent]
     total, survivors, _ = secure_sum(run.flower, run.grid, workflow, rnd=1, nodes=nodes, model=arrays, config=config)
     pids = sorted(p for n in survivors if (p := run.contract.partition_of(n)) is not None)

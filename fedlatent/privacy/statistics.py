@@ -52,6 +52,10 @@ class Projected(nn.Module):
         self.register_buffer("clip", torch.tensor(float(clip)))
         self.linear = nn.Linear(basis.shape[1], num_classes)
 
+    mean: torch.Tensor
+    basis: torch.Tensor
+    clip: torch.Tensor
+
     def project(self, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return clip_rows((z - self.mean) @ self.basis, max_norm=float(self.clip))
 

@@ -62,6 +62,8 @@ def test_the_secagg_table_reads_each_rounds_median_after_the_first() -> None:
     from fedlatent.bench.secure import per_round, secagg_cost
 
     class FakeBench:
+        out = Path("/nonexistent")
+
         def federation(self, name: str, overrides: dict) -> dict:
             secure = name.startswith("secagg")
             assert overrides["dp-mode" if secure else "local-epochs"] == ("distributed" if secure else 1)

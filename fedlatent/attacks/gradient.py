@@ -230,6 +230,11 @@ def gradient_inversion(
     """
     cfg = view.cfg
     uploads = [u for u in view.uploads if u.phase == "classifier" and u.start is not None][:max_uploads]
+    if not uploads and cfg.secagg:
+        raise NotApplicable(
+            "secure aggregation: the server holds only each round's sum over the clients' shares (a DP-SGD "
+            f"step over ~{cfg.batch_size} records), never one client's update; no per-client upload to invert"
+        )
     if not uploads:
         raise NotApplicable(f"no classifier weight uploads to invert (mode {cfg.mode})")
     latent = cfg.is_latent

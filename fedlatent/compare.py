@@ -22,6 +22,7 @@ COLUMNS = (
     "accuracy",
     "lift",
     "epsilon",
+    "epsilon_local",  # distributed DP: what a client's own share guarantees if SecAgg is broken
     "end_to_end_dp",
     "bytes_uploaded",
     "bytes_downloaded",
@@ -143,7 +144,10 @@ def summarize(
         assert first is not None
         cells = [first["mode"], first["encoder"] or "-", _acc(plain)]
         if dp_name:
-            cells += [_acc(dp), "-" if dp is None or dp["epsilon"] is None else f"{dp['epsilon']:.3f}"]
+            eps = "-" if dp is None or dp["epsilon"] is None else f"{dp['epsilon']:.3f}"
+            if dp is not None and dp.get("epsilon_local") is not None:  # distributed DP: the SecAgg-broken figure
+                eps += f" ({dp['epsilon_local']:.3g} local)"
+            cells += [_acc(dp), eps]
         main = dp or first  # the privacy claim (and attacks) of the DP run when there is one
         runs = [r for r in (plain, dp) if r is not None]
         cells.append(str(main["end_to_end_dp"]).lower())

@@ -89,3 +89,12 @@ def test_attack_columns_take_the_worst_case_of_each_run(tmp_path: Path, capsys: 
     assert rows[1]["mia_auc"] is None
     out = capsys.readouterr().out
     assert "MIA AUC" in out and "+0.120" in out and "0.530" in out
+
+
+def test_a_distributed_run_shows_the_servers_epsilon_and_the_local_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    distributed = {**result("latent-fedavg", 0.89, 3.0, 2.99), "epsilon_local": 11.6}
+    rows = summarize([result("latent-fedavg", 0.92, None, None), distributed], tmp_path)
+    assert rows[1]["epsilon_local"] == 11.6 and rows[0]["epsilon_local"] is None
+    assert "2.990 (11.6 local)" in capsys.readouterr().out

@@ -25,7 +25,8 @@ from typing import Any
 
 from fedlatent.compare import attack_columns
 
-METRICS: tuple[str, ...] = ("accuracy", "lift", "bar", "epsilon", "inversion_ssim", "inversion_leakage_ssim")
+METRICS: tuple[str, ...] = ("accuracy", "lift", "bar", "epsilon", "epsilon_local", "inversion_ssim")
+METRICS += ("inversion_leakage_ssim",)
 METRICS += ("mia_auc", "mia_tpr_at_0.001_fpr", "wall_seconds", "bytes_uploaded")
 GROUP_IGNORES = ("seed", "out-dir", "cache-dir", "client-state-dir", "resume", "overwrite")
 

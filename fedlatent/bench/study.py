@@ -60,6 +60,7 @@ def _table_rows(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]
                 mean_std(s, "accuracy"),
                 mean_std(s, "lift", scale=100, digits=1),
                 mean_std(s, "epsilon", digits=3),
+                mean_std(s, "epsilon_local", digits=3),
                 "/".join(sorted({str(e2e.get(p)).lower() for p in s["points"]})),
                 mean_std(s, "inversion_leakage_ssim", digits=3),
                 mean_std(s, "mia_auc", digits=3),
@@ -70,7 +71,7 @@ def _table_rows(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]
     return out
 
 
-HEADER = ["setting", "mode", "target ε", "accuracy", "lift (points)", "ε spent", "end-to-end DP"]
+HEADER = ["setting", "mode", "target ε", "accuracy", "lift (points)", "ε spent", "ε if SecAgg broken", "end-to-end DP"]
 HEADER += ["inversion leakage SSIM", "MIA AUC", "MIA TPR at 0.1% FPR (%)", "seeds"]
 
 

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from opacus.accountants import create_accountant
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from opacus.accountants.analysis.rdp import compute_rdp
 
-from fedlatent.privacy.skellam import ORDERS, SkellamRound, rdp_curve
+from fedlatent.privacy.skellam import ORDERS, SkellamRound, curve_epsilon, rdp_curve
 
 ACCOUNTANTS = ("rdp", "prv")
 _MAX_SIGMA = 1e6
@@ -85,12 +85,7 @@ def combined_epsilon(history: Sequence[tuple[float, float, int]], skellam: Seque
             if sigma == 0.0:
                 return math.inf
             curve = curve + compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(ORDERS))
-    if not np.isfinite(curve).all():
-        return math.inf
-    if not curve.any():
-        return 0.0
-    eps, _ = get_privacy_spent(orders=list(ORDERS), rdp=curve, delta=delta)
-    return float(eps)
+    return curve_epsilon(curve, ORDERS, delta=delta)
 
 
 def dp_sgd_epsilon(

@@ -126,7 +126,11 @@ def skellam_epsilon(rounds: Sequence[SkellamRound], *, delta: float, orders: Seq
     """ε at ``delta`` of the composition of ``rounds`` (Opacus' RDP → (ε, δ) conversion)."""
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
-    curve = rdp_curve(rounds, orders)
+    return curve_epsilon(rdp_curve(rounds, orders), orders, delta=delta)
+
+
+def curve_epsilon(curve: np.ndarray, orders: Sequence[int], *, delta: float) -> float:
+    """ε at ``delta`` of an RDP curve (Opacus' conversion, Balle et al. 2020): inf if any order is, 0 if all are 0."""
     if not np.isfinite(curve).all():
         return math.inf
     if not curve.any():

@@ -25,7 +25,6 @@ per pair could strip masks. The survivor set and each client's plain metrics are
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -40,9 +39,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
-log = logging.getLogger("fedlatent")
 MODULUS = 2**32
-FITINS_CONFIG = "fitins.config"  # where a client finds the round's config under the mod
 
 
 class SecureRoundFailed(RuntimeError):
@@ -55,7 +52,7 @@ class _SumStrategy(Strategy):  # type: ignore[misc]
     def __init__(self, grid: Grid, run_id: int, nodes: list[int], config: Mapping[str, Scalar]) -> None:
         self.proxies = [GridClientProxy(n, grid, run_id) for n in nodes]
         self.config = dict(config)
-        self.result: tuple[np.ndarray, list[int], dict[int, dict[str, object]]] | None = None
+        self.result: tuple[np.ndarray, list[int]] | None = None
 
     def initialize_parameters(self, client_manager: object) -> None:
         return None
@@ -67,9 +64,7 @@ class _SumStrategy(Strategy):  # type: ignore[misc]
         if results:
             mean = np.asarray(parameters_to_ndarrays(results[0][1].parameters)[0], dtype=np.float64)
             total = np.rint(mean * len(results)).astype(np.int64)
-            nodes = [proxy.node_id for proxy, _ in results]
-            metrics = {proxy.node_id: dict(res.metrics) for proxy, res in results}
-            self.result = (total, nodes, metrics)
+            self.result = (total, [proxy.node_id for proxy, _ in results])
         return None, {}  # the workflow must not overwrite the run's state with the aggregate
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: object) -> list:
@@ -113,8 +108,8 @@ def secure_sum(
     nodes: list[int],
     model: ArrayRecord,
     config: Mapping[str, Scalar],
-) -> tuple[np.ndarray, list[int], dict[int, dict[str, object]]]:
-    """One SecAgg+ round: ``(sum of the survivors' vectors, survivor node ids, each survivor's plain metrics)``.
+) -> tuple[np.ndarray, list[int]]:
+    """One SecAgg+ round: ``(sum of the survivors' vectors, survivor node ids)``.
 
     ``context`` is the ServerApp's Flower context (the workflow keeps its per-round state in it).
     Raises ``SecureRoundFailed`` when the workflow halted (too few survivors).

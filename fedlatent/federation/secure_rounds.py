@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, RecordDict
 from flwr.common import Scalar
+from flwr.server.workflow import SecAggPlusWorkflow
 
 from fedlatent.federation import payloads as P
 from fedlatent.federation.context import RunContext
@@ -51,19 +52,45 @@ def server_optimizer(model: torch.nn.Module, *, kind: str, lr: float, momentum: 
     return torch.optim.Adam(model.parameters(), lr=lr)
 
 
+def _workflow(run: RunContext, bound: int) -> tuple[SecAggPlusWorkflow, int]:
+    """Flower's SecAgg+ workflow for this run's clients and range, and its threshold."""
+    threshold = run.cfg.secagg_threshold or run.cfg.min_survivors
+    workflow = workflow_for(clients=len(run.nodes), threshold=threshold, bound=bound, timeout=run.cfg.round_timeout)
+    return workflow, threshold
+
+
+def _secure_round(
+    run: RunContext, workflow: SecAggPlusWorkflow, threshold: int, *, rnd: int, phase: str, arrays: ArrayRecord
+) -> tuple[np.ndarray, list[int]]:
+    """One secure round with the live nodes: ``(the sum, the partitions it holds)``, recorded and counted."""
+    if run.flower is None:
+        raise RuntimeError("secure aggregation needs the ServerApp's Flower context (SecAgg+ keeps its state there)")
+    nodes = [n for n in run.nodes if n not in run.silent]
+    config: dict[str, Scalar] = {"server-round": rnd, "phase": phase, "run-key": run.checkpoint.run_key}
+    try:
+        total, survivors = secure_sum(run.flower, run.grid, workflow, rnd=rnd, nodes=nodes, model=arrays, config=config)
+    except SecureRoundFailed as err:
+        raise SecureRoundFailed(f"{err}; threshold {threshold} of {len(nodes)} live clients") from err
+    pids = sorted(p for n in survivors if (p := run.contract.partition_of(n)) is not None)
+    if len(pids) != len(survivors):
+        raise RuntimeError(f"round {rnd}: a node in the sum holds no partition bound at identify")
+    run.record.privacy.secure_rounds[rnd] = pids
+    run.view.secure_sum(rnd, total, pids)
+    run.traffic.down += P.payload_bytes(RecordDict({P.ARRAYS: arrays})) * len(nodes)
+    run.traffic.up += total.nbytes * len(survivors)  # one int64 vector each (the masks' seeds not counted)
+    return total, pids
+
+
 def distributed_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
     """``rounds`` distributed DP-SGD steps; a history row per evaluated round."""
-    cfg, plan, record, view = run.cfg, run.plan, run.record, run.view
-    if run.flower is None:
-        raise RuntimeError("distributed DP needs the ServerApp's Flower context (SecAgg+ keeps its state there)")
+    cfg, plan, record = run.cfg, run.plan, run.record
     if not run.contract.owner:
         identify(run)  # bind nodes to partitions: the server accounts per partition
     model = build_classifier(cfg, plan.dataset)
     dplan = distributed_plan(cfg, plan)
     expected_batch = dplan.sample_rate * sum(len(c) for c in plan.client_idx)
     optimizer = server_optimizer(model, kind=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum)
-    threshold = cfg.secagg_threshold or cfg.min_survivors
-    workflow = workflow_for(clients=len(run.nodes), threshold=threshold, bound=dplan.bound, timeout=cfg.round_timeout)
+    workflow, threshold = _workflow(run, dplan.bound)
     xt, yt = plan.test()
     xt = encode(encoder, xt) if encoder is not None else xt  # once: the test features do not change
     every = max(1, cfg.rounds // EVALUATIONS)
@@ -72,27 +99,10 @@ def distributed_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Modu
              dplan.noise_multiplier, dplan.min_survivors, dplan.scale, dplan.bound, dplan.dim)  # fmt: skip
     for rnd in range(1, cfg.rounds + 1):
         start = time.monotonic()
-        nodes = [n for n in run.nodes if n not in run.silent]
-        arrays = P.module_to_arrays(model)
-        config: dict[str, Scalar] = {
-            "server-round": rnd,
-            "phase": P.PHASE_CLASSIFIER,
-            "run-key": run.checkpoint.run_key,
-        }
-        try:
-            total, survivors, _ = secure_sum(
-                run.flower, run.grid, workflow, rnd=rnd, nodes=nodes, model=arrays, config=config
-            )
-        except SecureRoundFailed as err:
-            raise SecureRoundFailed(f"{err}; threshold {threshold} of {len(nodes)} live clients") from err
-        pids = sorted(p for n in survivors if (p := run.contract.partition_of(n)) is not None)
-        if len(pids) != len(survivors):
-            raise RuntimeError(f"round {rnd}: a node in the sum holds no partition bound at identify")
-        record.privacy.secure_rounds[rnd] = pids
-        run.traffic.down += P.payload_bytes(RecordDict({P.ARRAYS: arrays})) * len(nodes)
-        run.traffic.up += total.nbytes * len(survivors)  # one int64 vector each (the masks' seeds not counted)
-        saturated = int((np.abs(total) >= len(survivors) * dplan.bound).sum())
-        view.secure_sum(rnd, total, pids)
+        total, pids = _secure_round(
+            run, workflow, threshold, rnd=rnd, phase=P.PHASE_CLASSIFIER, arrays=P.module_to_arrays(model)
+        )
+        saturated = int((np.abs(total) >= len(pids) * dplan.bound).sum())
         set_flat_gradient(model, server_gradient(total, plan=dplan, expected_batch=expected_batch))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -114,25 +124,17 @@ def statistics_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Modul
     with the secure round; the server fits the discriminant from the sum alone.
     """
     cfg, plan, record = run.cfg, run.plan, run.record
-    if run.flower is None or encoder is None:
-        raise RuntimeError("statistics need the ServerApp's Flower context and an encoder the server holds")
+    if encoder is None:
+        raise RuntimeError("statistics need an encoder the server holds")
     for m in broadcast(run, P.Q_SET_ENCODER, RecordDict({P.ARRAYS: P.module_to_arrays(encoder)})):
         run.inbox.accept(m, phase="set-encoder", rnd=0)
     if not run.contract.owner:
         identify(run)
     mean, basis = fit_projection(encode(encoder, plan.public()[0]), cfg.statistics_dim)
     dplan = distributed_plan(cfg, plan)
-    threshold = cfg.secagg_threshold or cfg.min_survivors
-    workflow = workflow_for(clients=len(run.nodes), threshold=threshold, bound=dplan.bound, timeout=cfg.round_timeout)
+    workflow, threshold = _workflow(run, dplan.bound)
     arrays = ArrayRecord([mean.numpy(), basis.numpy()])
-    config: dict[str, Scalar] = {"server-round": 1, "phase": "statistics", "run-key": run.checkpoint.run_key}
-    nodes = [n for n in run.nodes if n not in run.silent]
-    total, survivors, _ = secure_sum(run.flower, run.grid, workflow, rnd=1, nodes=nodes, model=arrays, config=config)
-    pids = sorted(p for n in survivors if (p := run.contract.partition_of(n)) is not None)
-    record.privacy.secure_rounds[1] = pids
-    run.view.secure_sum(1, total, pids)
-    run.traffic.down += P.payload_bytes(RecordDict({P.ARRAYS: arrays})) * len(nodes)
-    run.traffic.up += total.nbytes * len(survivors)
+    total, pids = _secure_round(run, workflow, threshold, rnd=1, phase="statistics", arrays=arrays)
     k = plan.dataset.num_classes
     sums, counts, moment = decode_statistics(total, num_classes=k, dim=cfg.statistics_dim, clip=cfg.stat_clip,
                                              scale=dplan.scale)  # fmt: skip

@@ -151,7 +151,7 @@ def train(msg: Message, context: Context) -> Message:
         def inputs() -> torch.Tensor:
             return encode(_encoder(context, cfg, plan), x) if cfg.is_latent else x
 
-        reply, ledger = distributed_reply(msg, context, cfg=cfg, plan=plan, pid=pid, ledger=ledger, inputs=inputs)
+        reply, ledger = distributed_reply(msg, cfg=cfg, plan=plan, pid=pid, ledger=ledger, inputs=inputs)
         context.state[LEDGER_STATE] = ConfigRecord(ledger.to_config())  # type: ignore[arg-type]
         return reply
     encoder = config.get("phase") == P.PHASE_ENCODER

@@ -72,7 +72,6 @@ def _ordered(arrays: ArrayRecord) -> list:
 
 def distributed_reply(
     msg: Message,
-    context: Context,
     *,
     cfg: RunConfig,
     plan: DataPlan,

@@ -65,7 +65,7 @@ def test_the_share_is_a_legacy_fit_result_and_its_round_is_charged_once():
     msg = _secure_message(model)
     assert S.is_secure_round(msg) and S.secure_config(msg)["server-round"] == 1
     ledger = Ledger(budget=CFG.epsilon, delta=CFG.delta)
-    reply, ledger = S.distributed_reply(msg, _context(), cfg=CFG, plan=plan, pid=2, ledger=ledger,
+    reply, ledger = S.distributed_reply(msg, cfg=CFG, plan=plan, pid=2, ledger=ledger,
                                         inputs=lambda: plan.client(2)[0])  # fmt: skip
     share = reply.content.array_records["fitres.parameters"]["0"].numpy()
     assert share.dtype == np.int64 and share.shape == (dplan.dim,) and np.abs(share).max() <= dplan.bound
@@ -75,7 +75,7 @@ def test_the_share_is_a_legacy_fit_result_and_its_round_is_charged_once():
     spent = ledger.skellam * dplan.rounds
     full = Ledger(budget=CFG.epsilon, delta=CFG.delta, skellam=spent)
     with pytest.raises(BudgetExhausted):  # a round beyond the plan is refused before anything is computed
-        S.distributed_reply(msg, _context(), cfg=CFG, plan=plan, pid=2, ledger=full, inputs=lambda: 1 / 0)
+        S.distributed_reply(msg, cfg=CFG, plan=plan, pid=2, ledger=full, inputs=lambda: 1 / 0)
 
 
 def test_a_model_of_another_shape_is_refused():

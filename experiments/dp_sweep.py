@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlatent.attacks.run import run_attacks
-from fedlatent.compare import attack_columns
+from fedlatent.bench.compare import attack_columns
 from fedlatent.jsonable import jsonable
 from fedlatent.launch.superlink import LocalSuperLink
 from fedlatent.runs import run_config, run_one

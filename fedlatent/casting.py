@@ -6,12 +6,24 @@ settings; each check returns True or the reason a value is refused.
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Iterable
 from typing import Any
 
 
 class ConfigError(ValueError):
     """A run-config key is unknown, has the wrong type, or an invalid value."""
+
+
+def unknown_keys(given: Iterable[str], known: Iterable[str], *, where: str = "config key") -> str:
+    """The message for keys not in ``known``, each with its closest known keys (a typo names its fix)."""
+    known = list(known)
+    parts = []
+    for key in sorted(given):
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        parts.append(f"'{key}'" + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""))
+    return f"unknown {where}(s): {', '.join(parts)}"
 
 
 def choice(options: tuple[str, ...]) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,18 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from fedlatent.attacks.presets import FAMILIES, PRESET_NAMES
-from fedlatent.config import ConfigError, RunConfig
+from fedlatent.bench.compare_spec import ATTACKS as COMPARE_ATTACKS
+from fedlatent.bench.compare_spec import ENCODERS as COMPARE_ENCODERS
+from fedlatent.bench.compare_spec import EPSILON as COMPARE_EPSILON
+from fedlatent.bench.compare_spec import MODES as COMPARE_MODES
+from fedlatent.bench.compare_spec import profile
+from fedlatent.config import ENCODERS, ConfigError, RunConfig
 from fedlatent.data.loading import DataError
 from fedlatent.launch.superlink import FederationError
 from fedlatent.learning.progress import show_log
 from fedlatent.runs import CLI_CLIENTS, federation, resume_config, run_config, run_one
 
 ALIASES = {"num-clients": ["--clients"], "out-dir": ["--out"]}
-COMPARE_MODES = ("raw", "latent-fedavg", "latent-share")
-COMPARE_EPSILON = 3.0  # compare's DP twin of every mode, unless --epsilon says otherwise
-# compare's default attacks: the families that score reconstructions and membership beside
-# their baselines in seconds on digits (model inversion adds little there and costs the most).
-COMPARE_ATTACKS = ("latent-inversion", "gradient-inversion", "membership")
+# compare's defaults as its --help shows them: the fashion-mnist profile (another --dataset, its own)
+COMPARE_DEFAULTS = {"dataset": "fashion-mnist", "epsilon": COMPARE_EPSILON, **profile("fashion-mnist")}
 
 
 def _add_config_options(
@@ -87,50 +88,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare_configs(overrides: dict[str, Any], modes: Sequence[str], parent: Path) -> list[RunConfig]:
-    """One config per mode; with a finite ``epsilon``, a non-private twin before each DP run.
-
-    Every run shares ``parent/.cache`` unless ``cache-dir`` is given, so the public
-    autoencoder, identical in every run, is trained once.
-    """
-    base = {**overrides, "cache-dir": overrides.get("cache-dir") or str(parent / ".cache")}
-    epsilon = float(base.pop("epsilon", math.inf))
-    cfgs = []
-    for mode in modes:
-        cfgs.append(run_config({**base, "mode": mode}, default_out=str(parent / mode)))
-        if math.isfinite(epsilon):
-            dp = {**base, "mode": mode, "epsilon": epsilon}
-            cfgs.append(run_config(dp, default_out=str(parent / f"{mode}-eps{epsilon:g}")))
-    return cfgs
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
-    """``fedlatent compare``: each mode without DP and at ``--epsilon`` (3), quick attacks, the public-only bar."""
-    from fedlatent.compare import summarize
+    """``fedlatent compare``: each mode and encoder without DP and at ``--epsilon``, the bar, an answer."""
+    from fedlatent.bench.compare import show_compare
+    from fedlatent.bench.compare_spec import compare_spec
 
-    base = _overrides(args)
-    base.setdefault("epsilon", COMPARE_EPSILON)  # --epsilon inf: the non-private runs only
-    parent = Path(base.pop("out-dir", f"runs/{_stamp()}-compare")).expanduser().resolve()
-    cfgs = compare_configs(base, args.modes, parent)
-    rows = []
-    with federation(args, cfgs[0].num_clients) as link:
-        for i, cfg in enumerate(cfgs):
-            eps = "" if not cfg.dp else f", epsilon {cfg.epsilon:g}"
-            print(f"\n== [{i + 1}/{len(cfgs)}] {cfg.mode} ({cfg.dataset}, encoder {cfg.encoder}{eps}) ==", flush=True)
-            rows.append(run_one(link, cfg, verbose=args.verbose, timeout=args.timeout))
-    if args.attack != "none":  # after the federation is down: attacks need the CPUs, not the SuperLink
-        from fedlatent.attacks.run import run_attacks
-
-        only = args.only or (COMPARE_ATTACKS if args.attack == "quick" else FAMILIES)
-        for cfg in cfgs:
-            print(f"\n== attacks on {cfg.mode}{'' if not cfg.dp else f' (epsilon {cfg.epsilon:g})'} ==", flush=True)
-            run_attacks(cfg.out_dir, preset=args.attack, only=only)
-    from fedlatent.baselines import public_only
-
-    print("\n== public-only: the same classifiers on the public split alone ==", flush=True)
-    baseline = public_only(dataclasses.replace(cfgs[0], epsilon=math.inf))
-    summarize(rows, parent, baseline=baseline)
-    return 0
+    overrides = _overrides(args)
+    out = Path(overrides.pop("out-dir", None) or f"runs/{_stamp()}-compare").expanduser().resolve()
+    epsilon = float(overrides.pop("epsilon", COMPARE_EPSILON))  # --epsilon inf: the non-private runs only
+    only = args.only or (COMPARE_ATTACKS if args.attack == "quick" else FAMILIES)
+    spec = compare_spec(
+        overrides, modes=args.modes, encoders=args.encoders, epsilon=epsilon, attacks=args.attack, families=only
+    )
+    code = _run_spec(args, spec, out, clients=int(spec.base.get("num-clients", CLI_CLIENTS)))
+    show_compare(out)
+    return code
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -157,20 +129,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``fedlatent sweep FILE --out DIR``: every point of a sweep file, resumably; then the report."""
+    from fedlatent.bench.sweep import SweepSpec, parse_axis, with_axes
+
+    spec = with_axes(SweepSpec.load(args.file), [parse_axis(a) for a in args.grid])
+    out = Path(args.out or f"runs/{_stamp()}-sweep").expanduser().resolve()
+    return _run_spec(args, spec, out, clients=1)
+
+
+def _run_spec(args: argparse.Namespace, spec: Any, out: Path, *, clients: int) -> int:
+    """Every point of a sweep ``spec`` into ``out`` on one federation, then its report; 1 if a point failed."""
     from fedlatent.attacks.run import run_attacks
     from fedlatent.bench.runner import run_sweep
     from fedlatent.bench.study import write_report
-    from fedlatent.bench.sweep import SweepSpec, parse_axis, points, with_axes
+    from fedlatent.bench.sweep import SweepSpec, points
 
     log = logging.getLogger("fedlatent")
-    spec = with_axes(SweepSpec.load(args.file), [parse_axis(a) for a in args.grid])
     points(spec)  # every point validated before Flower starts
-    out = Path(args.out or f"runs/{_stamp()}-sweep").expanduser().resolve()
 
     def attack(run_dir: Path, spec: SweepSpec) -> dict[str, Any]:
         return run_attacks(run_dir, only=spec.families, preset=spec.attacks, progress=lambda s: log.info(s.strip()))
 
-    with federation(args, 1) as link:
+    with federation(args, clients) as link:
         done = run_sweep(
             spec,
             out,
@@ -180,7 +159,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             resume_config=resume_config,
         )
     md, html = write_report(out)
-    print(f"\nsweep: {done['finished']}/{done['points']} points finished ({done['skipped']} from before) "
+    print(f"\n{done['finished']}/{done['points']} points finished ({done['skipped']} from before) "
           f"in {done['seconds'] / 60:.1f} min -> {md}, {html}")  # fmt: skip
     if done["failed"]:
         print(f"fedlatent: {len(done['failed'])} point(s) failed (see {out / 'failed.json'}); rerun to retry")
@@ -222,10 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     compare = verbs.add_parser(
         "compare",
-        help="each mode without DP and at eps=3 (--epsilon), quick attacks, the public-only bar; print a table",
+        help="each mode and encoder without DP and at eps=3 (--epsilon), quick attacks, the public-only bar; "
+        "print a table, its answer and report.html (resumable: rerun with the same --out)",
     )
-    _add_config_options(compare, skip=("mode", "resume"), defaults={"epsilon": COMPARE_EPSILON})
+    _add_config_options(compare, skip=("mode", "encoder", "resume"), defaults=COMPARE_DEFAULTS)
     compare.add_argument("--modes", nargs="+", choices=COMPARE_MODES, default=list(COMPARE_MODES))
+    compare.add_argument("--encoders", nargs="+", choices=ENCODERS, default=list(COMPARE_ENCODERS))
     compare.add_argument(
         "--attack",
         choices=(*PRESET_NAMES, "none"),

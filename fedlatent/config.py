@@ -123,7 +123,7 @@ class RunConfig:
         fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
         unknown = sorted(set(mapping) - set(fields))
         if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(fields)}")
+            raise ConfigError(f"{C.unknown_keys(unknown, fields)}; every key: fedlatent run --help")
         values = {}
         for key, f in fields.items():
             raw = mapping.get(key, f.default)

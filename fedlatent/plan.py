@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fedlatent import __version__
-from fedlatent.config import ConfigError, RunConfig
+from fedlatent.config import RunConfig
 from fedlatent.data.loading import Dataset
 from fedlatent.data.partition import public_private_split
 from fedlatent.data.store import Memo, cached_dataset, dataset_key, stored_parts
@@ -259,40 +259,3 @@ def release_noise_std(cfg: RunConfig) -> float:
     return latent_noise_std(
         epsilon=cfg.classifier_epsilon, delta=cfg.delta, clip=cfg.latent_clip, accountant=cfg.accountant
     )
-
-
-def preflight(cfg: RunConfig) -> None:
-    """Settings that would make every client fail, checked once before any federation starts.
-
-    Loads the data plan (a missing or corrupt data file fails here, by name), then for a DP run
-    checks on the smallest client what each client will: δ below 1/records (every mode, the
-    release of ``latent-share`` included: its guarantee is vacuous otherwise) and a budget the
-    accountant can reach for the planned DP-SGD steps (the calibration itself).
-
-    Raises
-    ------
-    ConfigError
-        Naming the key and the value that cannot work.
-    """
-    plan = make_plan(cfg)  # data files, and enough records for the clients
-    if cfg.mode == "public-only" or not cfg.dp:
-        return
-    smallest = min(len(c) for c in plan.client_idx)
-    if not cfg.delta < 1.0 / smallest:
-        raise ConfigError(
-            f"config key 'delta' = {cfg.delta:g}: must be below 1/records = {1 / smallest:.2e} of the smallest "
-            f"client ({smallest} records); a larger delta makes the guarantee vacuous"
-        )
-    try:
-        if cfg.dp_mode == "distributed":
-            from fedlatent.secure_plan import distributed_plan  # it builds on this module
-
-            distributed_plan(cfg, plan)
-        elif cfg.mode == "latent-share":
-            release_noise_std(cfg)
-        else:
-            dp_round_plan(cfg, smallest)
-            if cfg.encoder_dp:
-                dp_round_plan(cfg, smallest, encoder=True)
-    except ValueError as err:
-        raise ConfigError(f"config key 'epsilon' = {cfg.epsilon:g} cannot be met: {err}") from err

@@ -90,7 +90,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> RunConfig:
     out = resumable(str(run_dir))
     saved = json.loads((out / CHECKPOINT / "state.json").read_text())["config"]
     cfg = RunConfig.from_run_config({**saved, "resume": True, "overwrite": False, "out-dir": str(out)})
-    from fedlatent.plan import preflight  # lazy: loads torch and the data
+    from fedlatent.preflight import preflight  # lazy: loads torch and the data
 
     preflight(cfg)
     return cfg
@@ -113,7 +113,7 @@ def run_config(overrides: dict[str, Any], default_out: str) -> RunConfig:
     cfg = RunConfig.from_run_config(overrides)
     out = check_out_dir(cfg.out_dir, overwrite=cfg.overwrite)
     cfg = dataclasses.replace(cfg, out_dir=str(out), client_state_dir=cfg.client_state_dir or str(out / CLIENT_STATE))
-    from fedlatent.plan import preflight  # lazy: loads torch and the data, after the cheap checks
+    from fedlatent.preflight import preflight  # lazy: loads torch and the data, after the cheap checks
 
     preflight(cfg)
     return cfg

@@ -74,7 +74,7 @@ def test_lower_layers_import_no_flower(layer):
 def test_lower_layers_never_reach_up(layer):
     # The config is passed down as keyword arguments (plan.py maps it); nothing below it imports it.
     above = ("fedlatent.config", "fedlatent.plan", "fedlatent.federation", "fedlatent.attacks", "fedlatent.launch")
-    above += ("fedlatent.cli", "fedlatent.compare")
+    above += ("fedlatent.cli", "fedlatent.bench")
     assert offending((layer,), above) == {}
 
 

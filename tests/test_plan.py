@@ -8,7 +8,8 @@ import torch
 
 from fedlatent.config import ConfigError, RunConfig
 from fedlatent.learning.models import Autoencoder, ImageClassifier, LatentClassifier
-from fedlatent.plan import build_autoencoder, build_classifier, make_plan, preflight
+from fedlatent.plan import build_autoencoder, build_classifier, make_plan
+from fedlatent.preflight import preflight
 
 SMALL = {"dataset": "digits", "num-clients": 4, "latent-dim": 8, "seed": 3, "max-train": 400}
 

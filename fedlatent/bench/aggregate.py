@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedlatent.compare import attack_columns
+from fedlatent.bench.compare import attack_columns
 
 METRICS: tuple[str, ...] = ("accuracy", "lift", "bar", "epsilon", "epsilon_local", "inversion_ssim")
 METRICS += ("inversion_leakage_ssim",)

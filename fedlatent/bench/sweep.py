@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlatent.attacks.presets import FAMILIES, PRESET_NAMES
+from fedlatent.casting import unknown_keys
 from fedlatent.config import ConfigError, RunConfig
 
 if sys.version_info >= (3, 11):
@@ -58,7 +59,7 @@ PRIVATE_KEYS = frozenset(
     "label-epsilon encoder-epsilon encoder-rounds client-dp-noise client-dp-clip server-epochs server-batch-size "
     "server-lr server-learner seed-bugs client-threads out-dir cache-dir "
     "reproducible-noise resume client-state-dir dp-mode secagg secagg-max-dropouts secagg-threshold stat-dim "
-    "stat-clip optimizer momentum".split()
+    "stat-clip optimizer momentum latent-classifier".split()
 )
 # A distributed-DP point trains with the server's recipe (one step per round, its own batch and
 # lr); its bar is the standard public-only classifier, the one its local-DP neighbours share.
@@ -117,7 +118,7 @@ class SweepSpec:
         known = set(RunConfig.keys())
         for table, keys in (("base", base), *(("grid", g) for g in grids)):
             if bad := sorted(set(keys) - known):
-                raise ConfigError(f"sweep file [{table}]: unknown run key(s) {', '.join(bad)}")
+                raise ConfigError(f"sweep file [{table}]: {unknown_keys(bad, known, where='run key')}")
             if "out-dir" in keys:
                 raise ConfigError("sweep file: 'out-dir' is set by the sweep (one directory per point)")
         for grid in grids:

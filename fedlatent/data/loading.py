@@ -132,9 +132,11 @@ def find_idx_files(name: str, data_dir: str | None) -> dict[str, Path]:
             found[role] = hit
     if missing:
         looked = " and ".join(str(d) for d in dirs)
+        debian = name == "fashion-mnist"
+        install = "install it: sudo apt-get install dataset-fashion-mnist (or bash .ci/install); or " if debian else ""
         raise DataError(
             f"{name}: missing IDX file(s) {', '.join(missing)} (or .gz) in {looked}; "
-            "pass a data dir holding them, or download=True"
+            f"{install}pass a data dir holding them (--data-dir), or allow a download (--download true)"
         )
     return found
 

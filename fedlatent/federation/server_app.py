@@ -33,7 +33,8 @@ from fedlatent.federation.strategy import Traffic
 from fedlatent.jsonable import jsonable
 from fedlatent.learning.models import Encoder
 from fedlatent.learning.progress import show_log
-from fedlatent.plan import make_plan, preflight
+from fedlatent.plan import make_plan
+from fedlatent.preflight import preflight
 
 app = ServerApp()
 log = logging.getLogger("fedlatent")

@@ -120,7 +120,8 @@ def summarize(
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(written, indent=2) + "\n")
     with (out / "compare.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, *(("image_classifier", "latent_classifier") if bar else ())])
+        extra = ("image_classifier", "latent_classifier", "scatter_classifier") if bar else ()
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, *extra])
         writer.writeheader()
         writer.writerows(written)
 
@@ -142,7 +143,7 @@ def summarize(
     for plain, dp in grouped:
         first = plain or dp
         assert first is not None
-        cells = [first["mode"], first["encoder"] or "-", _acc(plain)]
+        cells = [first["mode"], "-" if first["mode"] == "raw" else (first["encoder"] or "-"), _acc(plain)]
         if dp_name:
             eps = "-" if dp is None or dp["epsilon"] is None else f"{dp['epsilon']:.3f}"
             if dp is not None and dp.get("epsilon_local") is not None:  # distributed DP: the SecAgg-broken figure
@@ -174,7 +175,38 @@ def _baseline_row(baseline: dict[str, Any], rows: list[dict[str, Any]]) -> dict[
     row.update(dataset=rows[0]["dataset"] if rows else None, bytes_uploaded=0, bytes_downloaded=0)
     row.update(wall_seconds=baseline["wall_seconds"], image_classifier=baseline["image_classifier"])
     row["latent_classifier"] = baseline["latent_classifier"]
+    row["scatter_classifier"] = baseline.get("scatter_classifier")
     return row
+
+
+def _label(r: dict[str, Any]) -> str:
+    return str(r.get("mode", "?")) if r.get("mode") == "raw" else f"{r.get('mode')}\n{r.get('encoder')}"
+
+
+def show_compare(out: Path) -> list[str]:
+    """The compare directory ``out`` (a sweep) as the table, its answer and the report's path; returns the answer."""
+    from fedlatent.bench.aggregate import point_rows
+    from fedlatent.bench.answer import answer
+    from fedlatent.bench.compare_spec import what_was_cut
+
+    sweep = json.loads((out / "sweep.json").read_text())
+    results, bars = [], []
+    for p in sweep["points"]:
+        where = out / "points" / p["id"]
+        if not (where / "point.json").is_file():
+            continue
+        r = json.loads((where / "results.json").read_text())
+        if r["mode"] == "public-only":
+            bars.append({**(r.get("public_only") or {}), "accuracy": r["accuracy"], "wall_seconds": r["wall_seconds"]})
+        else:
+            results.append(r)
+    baseline = max(bars, key=lambda b: b["accuracy"]) if bars else None  # the strongest bar, if several
+    summarize(results, out, baseline=baseline)
+    sentences = answer(point_rows(out))
+    cut = what_was_cut(sweep["spec"]["base"])
+    print("\n" + "\n".join([*sentences, *([cut[0].upper() + cut[1:] + "."] if cut else [])]))
+    print(f"report with figures: {out / 'report.html'}")
+    return sentences
 
 
 def _plot(
@@ -190,7 +222,7 @@ def _plot(
     import numpy as np
 
     fig, (ax_acc, ax_mb) = plt.subplots(1, 2, figsize=(8.5, 3.4))
-    labels = [(a or b or {}).get("mode", "?") for a, b in grouped]
+    labels = [_label(a or b or {}) for a, b in grouped]
     pos = np.arange(len(grouped))
     width = 0.38 if dp_name else 0.7
     ax_acc.bar(

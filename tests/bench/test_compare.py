@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fedlatent.cli import compare_configs
-from fedlatent.compare import pairs, rows_of, summarize
+from fedlatent.bench.compare import pairs, rows_of, show_compare, summarize
+from fedlatent.bench.compare_spec import compare_spec
+from fedlatent.bench.sweep import points
 
 
 def result(mode: str, acc: float, target: float | None, eps: float | None) -> dict[str, object]:
@@ -25,19 +26,6 @@ def result(mode: str, acc: float, target: float | None, eps: float | None) -> di
         "wall_seconds": 1.5,
         "config": {"epsilon": "inf" if target is None else target},
     }
-
-
-def test_compare_with_epsilon_makes_a_non_private_twin_for_every_dp_run(tmp_path: Path) -> None:
-    cfgs = compare_configs({"epsilon": 3.0, "num-clients": 2}, ["raw", "latent-share"], tmp_path)
-    assert [(c.mode, c.epsilon) for c in cfgs] == [
-        ("raw", math.inf),
-        ("raw", 3.0),
-        ("latent-share", math.inf),
-        ("latent-share", 3.0),
-    ]
-    assert len({c.out_dir for c in cfgs}) == 4
-    assert {c.cache_dir for c in cfgs} == {str(tmp_path / ".cache")}  # one public autoencoder for all
-    assert [c.mode for c in compare_configs({"num-clients": 2}, ["raw"], tmp_path)] == ["raw"]
 
 
 def test_summary_pairs_dp_with_non_private_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,3 +86,30 @@ def test_a_distributed_run_shows_the_servers_epsilon_and_the_local_one(
     rows = summarize([result("latent-fedavg", 0.92, None, None), distributed], tmp_path)
     assert rows[1]["epsilon_local"] == 11.6 and rows[0]["epsilon_local"] is None
     assert "2.990 (11.6 local)" in capsys.readouterr().out
+
+
+def test_a_compare_directory_prints_its_table_answer_and_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = compare_spec({}, modes=["raw", "latent-fedavg"], encoders=["scatternet"], attacks="none")
+    pts = points(spec)
+    (tmp_path / "sweep.json").write_text(json.dumps({"spec": {"base": spec.base}, "points": [
+        {"id": p.id, "public_only": p.public_only} for p in pts]}))  # fmt: skip
+    accuracy = {"public-only": 0.80, "raw": 0.70, "latent-fedavg": 0.84}
+    for p in pts:
+        where = tmp_path / "points" / p.id
+        where.mkdir(parents=True)
+        eps = p.overrides.get("epsilon", math.inf)
+        r = result(p.overrides["mode"], accuracy[p.overrides["mode"]], None if math.isinf(eps) else eps, None)
+        r |= {"encoder": p.overrides.get("encoder", "public"), "config": {"epsilon": "inf" if math.isinf(eps) else eps}}
+        if p.is_public_only:
+            r |= {"public_only": {"image_classifier": 0.78, "latent_classifier": 0.7, "scatter_classifier": 0.80}}
+        (where / "results.json").write_text(json.dumps(r))
+        (where / "point.json").write_text("{}")
+    sentences = show_compare(tmp_path)
+    out = capsys.readouterr().out
+    assert "latent-fedavg" in out and "scatternet" in out and "0.8400 (+4.0)" in out and "0.7000 (-10.0)" in out
+    assert sentences[0].startswith("At ε = 3, latent-fedavg (scatternet encoder) lifts most") and sentences[0] in out
+    assert "Cut from the full setting to fit minutes: rounds 3 (full: 10)" in out
+    assert f"report with figures: {tmp_path / 'report.html'}" in out
+    assert json.loads((tmp_path / "compare.json").read_text())[-1]["scatter_classifier"] == 0.80

@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "fedlatent"))
     args = ap.parse_args()
     base = {"dataset": "fashion-mnist", "public-fraction": 0.01, "num-clients": 10, "rounds": 3, "epsilon": 3.0}
-    base |= {"ae-epochs": 30, "ae-labels": 1.0, "cache-dir": args.cache_dir}
+    base |= {"ae-epochs": 30, "cache-dir": args.cache_dir}
     rows = []
     for encoder, head in (("scatternet", "linear"), ("public", "mlp")):
         keys = {**base, "mode": "latent-fedavg", "encoder": encoder, "latent-classifier": head}

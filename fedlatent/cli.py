@@ -19,7 +19,6 @@ from typing import Any
 
 from fedlatent.attacks.presets import FAMILIES, PRESET_NAMES
 from fedlatent.bench.compare_spec import ATTACKS as COMPARE_ATTACKS
-from fedlatent.bench.compare_spec import ENCODERS as COMPARE_ENCODERS
 from fedlatent.bench.compare_spec import EPSILON as COMPARE_EPSILON
 from fedlatent.bench.compare_spec import MODES as COMPARE_MODES
 from fedlatent.bench.compare_spec import profile
@@ -206,7 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(compare, skip=("mode", "encoder", "resume"), defaults=COMPARE_DEFAULTS)
     compare.add_argument("--modes", nargs="+", choices=COMPARE_MODES, default=list(COMPARE_MODES))
-    compare.add_argument("--encoders", nargs="+", choices=ENCODERS, default=list(COMPARE_ENCODERS))
+    compare.add_argument(
+        "--encoders",
+        nargs="+",
+        choices=ENCODERS,
+        default=None,
+        help="encoders of every latent mode (default: latent-fedavg with public and scatternet, latent-share with "
+        "public: ScatterNet latents are 3,969 floats per record)",
+    )
     compare.add_argument(
         "--attack",
         choices=(*PRESET_NAMES, "none"),

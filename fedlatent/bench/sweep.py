@@ -50,16 +50,18 @@ else:  # pragma: no cover - Python 3.10
 TABLES = ("sweep", "base", "grid")
 SWEEP_KEYS = ("attacks", "families", "description")
 # Keys a public-only run does not read (it asks no client): points that differ only in these
-# share one public-only bar. The encoder is not among them: the bar always takes the better of
-# the image classifier and the public-encoder latent classifier (``baselines``); seed-bugs is:
-# the bar is the best the public data alone gives, never a deliberately broken model.
+# share one public-only bar. The bar always takes the best of the image classifier, the public
+# autoencoder's latent classifier and a ScatterNet linear classifier (``baselines``), so the encoder
+# and latent-classifier are among them; so are seed-bugs (the bar is the best the public data
+# alone gives, never a deliberately broken model) and batch-size and lr (a federation's recipe,
+# e.g. a DP run's larger step, must not weaken or change its bar: the bar keeps the defaults).
 PRIVATE_KEYS = frozenset(
     "mode encoder epsilon delta partition alpha num-clients fraction-train min-clients round-timeout fail-fraction "
     "max-grad-norm accountant latent-clip "
     "label-epsilon encoder-epsilon encoder-rounds client-dp-noise client-dp-clip server-epochs server-batch-size "
     "server-lr server-learner seed-bugs client-threads out-dir cache-dir "
     "reproducible-noise resume client-state-dir dp-mode secagg secagg-max-dropouts secagg-threshold stat-dim "
-    "stat-clip optimizer momentum latent-classifier".split()
+    "stat-clip optimizer momentum latent-classifier batch-size lr".split()
 )
 # A distributed-DP point trains with the server's recipe (one step per round, its own batch and
 # lr); its bar is the standard public-only classifier, the one its local-DP neighbours share.

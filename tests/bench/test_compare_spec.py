@@ -12,24 +12,28 @@ from fedlatent.cli import build_parser
 from fedlatent.config import ConfigError
 
 
-def test_the_default_is_every_mode_and_encoder_on_fashion_mnist_with_one_percent_public() -> None:
+def test_the_default_is_each_mode_and_its_encoders_on_fashion_mnist_with_one_percent_public() -> None:
     spec = compare_spec({})
     pts = points(spec)
     fed = [p.overrides for p in pts if not p.is_public_only]
-    assert len(pts) == 11 and len(fed) == 10  # raw x 2 budgets, 2 latent modes x 2 encoders x 2 budgets, one bar
+    assert len(pts) == 9 and len(fed) == 8  # 4 settings x 2 budgets, one bar
     assert {o["dataset"] for o in fed} == {"fashion-mnist"} and {o["public-fraction"] for o in fed} == {0.01}
     assert sorted((o["mode"], o.get("encoder", "-")) for o in fed if math.isinf(o["epsilon"])) == [
         ("latent-fedavg", "public"),
         ("latent-fedavg", "scatternet"),
         ("latent-share", "public"),
-        ("latent-share", "scatternet"),
         ("raw", "-"),
     ]
     assert {o["epsilon"] for o in fed} == {math.inf, 3.0}
     assert all(o.get("latent-classifier") == "linear" for o in fed if o.get("encoder") == "scatternet")
     assert all("latent-classifier" not in o for o in fed if o.get("encoder") != "scatternet")
+    dp = [o for o in fed if o["epsilon"] == 3.0]
+    assert all((o["batch-size"], o["lr"]) == (256, 0.01) for o in dp)  # few DP steps: the DP recipe
+    assert all("batch-size" not in o and "lr" not in o for o in fed if o not in dp)
     assert len({p.public_only for p in pts}) == 1  # one bar for every point: the strongest public-only classifiers
     assert spec.attacks == "quick" and "gradient-inversion" in spec.families
+    every = compare_spec({}, encoders=["public", "scatternet"])
+    assert len([p for p in points(every) if not p.is_public_only]) == 10  # asked for: latent-share x scatternet too
 
 
 def test_options_win_over_the_profile_and_digits_keeps_its_own() -> None:
@@ -46,7 +50,7 @@ def test_the_output_says_what_was_cut_from_the_full_setting() -> None:
     line = what_was_cut(compare_spec({}).base)
     assert "rounds 3 (full: 10)" in line and "local-epochs 1 (full: 5)" in line
     assert what_was_cut(dict(FULL)) == ""
-    assert "cut" in compare_spec({}).description
+    assert "Cut from the full setting" in compare_spec({}).description and "lr 0.01" in compare_spec({}).description
 
 
 def test_a_bad_value_fails_before_anything_runs() -> None:

@@ -6,8 +6,9 @@ federation (``run_point``, the CLI's ``flwr run`` on a private SuperLink), then 
 the spec — and writes ``out/points/<id>/point.json`` last, atomically. A point is finished
 exactly when that file exists: an interrupted point (a directory without it) is resumed from
 its checkpoint when its federation left one (``resume_config``), else removed and redone;
-Ctrl-C stops after writing nothing partial as finished; a point whose federation fails is
-recorded in ``out/failed.json``, the sweep goes on, and the next invocation retries it. Every
+Ctrl-C stops after writing nothing partial as finished; a point whose federation (or whose
+attacks) fails is recorded in ``out/failed.json``, the sweep goes on, and the next invocation
+retries it. A point's attacks run while the next point's federation does (one worker thread). Every
 point shares ``out/.cache`` (data and the public autoencoder) unless the spec sets
 ``cache-dir``. Progress goes to the ``fedlatent`` log: points done, elapsed, ETA.
 
@@ -22,6 +23,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -106,38 +108,57 @@ def run_sweep(
     failed: dict[str, str] = {}
     start = time.monotonic()
     durations: dict[bool, list[float]] = {True: [], False: []}  # by is_public_only: a bar takes seconds
-    for i, point in enumerate(remaining):
-        began = time.monotonic()
-        where = point_dir(out, point)
-        cfg = _resumed(where, resume_config) if where.exists() else None
-        if where.exists() and cfg is None:  # an interrupted point: its partial files must not mix with the rerun
-            _log.info(f"sweep: {point.id} was interrupted; removing it and running it again")
-            shutil.rmtree(where)
-        _log.info(f"sweep: [{len(skipped) + i + 1}/{len(todo)}] {point.id}")
-        cfg = cfg or point_config(spec, out, point, run_config=run_config)
+    # A point's attacks run in one worker thread while the next federation runs: a federation leaves
+    # a core idle while Flower starts and stops, and the attacks fill it. point.json is written
+    # when its attacks end, so a point is finished only with them.
+    attacker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attacks")
+    pending: list[Future[None]] = []
+
+    def finish(point: Point, results: dict[str, Any], federation_seconds: float, attacks: bool) -> None:
+        where, began = point_dir(out, point), time.monotonic()
         try:
-            results = run_point(cfg)
-            attacks = None
-            if spec.attacks and attack_point is not None and not point.is_public_only:
-                attacks = attack_point(where, spec)
-        except KeyboardInterrupt:
-            _log.info(f"sweep: interrupted during {point.id}; rerun the same command to resume (it is redone)")
-            raise
-        except Exception as err:  # one failed point must not end the sweep; it is retried next time
-            failed[point.id] = f"{type(err).__name__}: {err}"
-            _log.info(f"sweep: point {point.id} FAILED ({failed[point.id]}); going on")
-            continue
-        seconds = time.monotonic() - began
+            done_attacks = attack_point(where, spec) if attacks and attack_point is not None else None
+        except Exception as err:  # the federation stands; the point is retried (attacks included) next time
+            failed[point.id] = f"attacks: {type(err).__name__}: {err}"
+            _log.info(f"sweep: attacks on {point.id} FAILED ({failed[point.id]}); going on")
+            return
+        seconds = federation_seconds + time.monotonic() - began  # its own work, not its wait in the queue
         durations[point.is_public_only].append(seconds)
         record = {"id": point.id, "overrides": point.overrides, "public_only": point.public_only, "seconds": seconds}
-        record |= {"accuracy": results.get("accuracy"), "attacks": spec.attacks or None, "has_attacks": bool(attacks)}
-        write_atomic(where / "point.json", record)
-        done = len(skipped) + i + 1
-        eta = _eta(durations, remaining[i + 1 :])
+        record |= {"accuracy": results.get("accuracy"), "attacks": spec.attacks or None}
+        write_atomic(where / "point.json", record | {"has_attacks": bool(done_attacks)})
+        done = len(skipped) + sum(is_finished(out, p) for p in remaining)
+        eta = _eta(durations, [p for p in remaining if not is_finished(out, p) and p.id not in failed])
         _log.info(
             f"sweep {bar(done, len(todo))}  {done}/{len(todo)} points  {clock(time.monotonic() - start)} < "
             f"{clock(eta)}  ({point.id}: accuracy {results.get('accuracy', float('nan')):.4f}, {seconds:.0f} s)"
         )
+
+    try:
+        for i, point in enumerate(remaining):
+            began = time.monotonic()
+            where = point_dir(out, point)
+            cfg = _resumed(where, resume_config) if where.exists() else None
+            if where.exists() and cfg is None:  # an interrupted point: its partial files must not mix with the rerun
+                _log.info(f"sweep: {point.id} was interrupted; removing it and running it again")
+                shutil.rmtree(where)
+            _log.info(f"sweep: [{len(skipped) + i + 1}/{len(todo)}] {point.id}")
+            cfg = cfg or point_config(spec, out, point, run_config=run_config)
+            try:
+                results = run_point(cfg)
+            except KeyboardInterrupt:
+                _log.info(f"sweep: interrupted during {point.id}; rerun the same command to resume (it is redone)")
+                raise
+            except Exception as err:  # one failed point must not end the sweep; it is retried next time
+                failed[point.id] = f"{type(err).__name__}: {err}"
+                _log.info(f"sweep: point {point.id} FAILED ({failed[point.id]}); going on")
+                continue
+            attacks = bool(spec.attacks) and not point.is_public_only
+            pending.append(attacker.submit(finish, point, results, time.monotonic() - began, attacks))
+        for future in pending:
+            future.result()
+    finally:
+        attacker.shutdown(wait=True, cancel_futures=True)
     write_atomic(out / "failed.json", failed)
     summary = {"points": len(todo), "finished": len(todo) - len(failed), "skipped": len(skipped)}
     return summary | {"failed": sorted(failed), "seconds": time.monotonic() - start}

@@ -99,3 +99,35 @@ def test_an_interrupted_point_with_a_checkpoint_is_resumed_not_redone(tmp_path: 
     assert done["failed"] == [] and len(resumed) == 1
     assert [c.resume for c in ran] == [True] + [False] * (len(ran) - 1) and ran[0].out_dir == resumed[0]
     assert (Path(resumed[0]) / "checkpoint" / "state.json").is_file()  # kept, not removed
+
+
+def test_attacks_run_beside_the_next_federation_and_a_failed_attack_leaves_its_point_unfinished(
+    tmp_path: Path,
+) -> None:
+    import threading
+    import time
+
+    federating = threading.Event()
+    overlapped: list[bool] = []
+
+    def run_point(cfg: RunConfig) -> dict:
+        federating.set()
+        time.sleep(0.2)  # a federation: the previous point's attacks run meanwhile
+        federating.clear()
+        return fake_run(cfg)
+
+    def attack_point(where: Path, spec: SweepSpec) -> dict:
+        time.sleep(0.05)
+        overlapped.append(federating.is_set())
+        if "latent-share" in where.name and "eps3" in where.name:
+            raise RuntimeError("inverse net diverged")
+        return fake_attacks(where, 0.1)
+
+    done = run_sweep(SPEC, tmp_path, run_point=run_point, attack_point=attack_point, run_config=run_config)
+    assert any(overlapped)  # some attacks ran while a federation did
+    assert done["finished"] == 4 and len(done["failed"]) == 1
+    failed = json.loads((tmp_path / "failed.json").read_text())
+    assert "attacks: RuntimeError: inverse net diverged" in next(iter(failed.values()))
+    unfinished = [p for p in points(SPEC) if not is_finished(tmp_path, p)]
+    assert len(unfinished) == 1 and (point_dir(tmp_path, unfinished[0]) / "results.json").is_file()
+    assert sweep(tmp_path)["failed"] == []  # a rerun redoes it, federation and attacks

@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=ENCODERS,
         default=None,
-        help="encoders of every latent mode (default: latent-fedavg with public and scatternet, latent-share with "
-        "public: ScatterNet latents are 3,969 floats per record)",
+        help="encoders of every latent mode (default: latent-fedavg with scatternet, latent-share with public; "
+        "--encoders public scatternet runs every pair)",
     )
     compare.add_argument(
         "--attack",

@@ -16,10 +16,9 @@ def test_the_default_is_each_mode_and_its_encoders_on_fashion_mnist_with_one_per
     spec = compare_spec({})
     pts = points(spec)
     fed = [p.overrides for p in pts if not p.is_public_only]
-    assert len(pts) == 9 and len(fed) == 8  # 4 settings x 2 budgets, one bar
+    assert len(pts) == 7 and len(fed) == 6  # 3 settings x 2 budgets, one bar
     assert {o["dataset"] for o in fed} == {"fashion-mnist"} and {o["public-fraction"] for o in fed} == {0.01}
     assert sorted((o["mode"], o.get("encoder", "-")) for o in fed if math.isinf(o["epsilon"])) == [
-        ("latent-fedavg", "public"),
         ("latent-fedavg", "scatternet"),
         ("latent-share", "public"),
         ("raw", "-"),
@@ -27,6 +26,7 @@ def test_the_default_is_each_mode_and_its_encoders_on_fashion_mnist_with_one_per
     assert {o["epsilon"] for o in fed} == {math.inf, 3.0}
     assert all(o.get("latent-classifier") == "linear" for o in fed if o.get("encoder") == "scatternet")
     assert all("latent-classifier" not in o for o in fed if o.get("encoder") != "scatternet")
+    assert all(o.get("ae-labels") == 1.0 for o in fed if o.get("encoder") == "public")  # the claims' autoencoder
     dp = [o for o in fed if o["epsilon"] == 3.0]
     assert all((o["batch-size"], o["lr"]) == (256, 0.01) for o in dp)  # few DP steps: the DP recipe
     assert all("batch-size" not in o and "lr" not in o for o in fed if o not in dp)

@@ -23,7 +23,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model-inversion": {"steps": 300, "inverse_epochs": 20, "shadow_epochs": 10},
     },
     "quick": {
-        "latent-inversion": {"epochs": 15, "shadow_epochs": 5, "noise_draws": 1},
+        "latent-inversion": {"epochs": 15, "shadow_epochs": 5, "noise_draws": 1, "max_records": 2000},
         "gradient-inversion": {"max_uploads": 1, "num_inputs": 1, "steps": 40, "inverse_epochs": 10, "local_steps": 3},
         "membership": {"candidates": 200, "num_shadows": 2, "epochs": 3},
         "model-inversion": {"steps": 40, "inverse_epochs": 10},

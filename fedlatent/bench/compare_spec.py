@@ -85,7 +85,9 @@ def compare_spec(
     for key in ("mode", "encoder", "epsilon", "out-dir"):
         base.pop(key, None)
     dp = {k: [v] for k, v in DP_RECIPE.get(dataset, {}).items() if k not in base}
-    budgets = [({}, math.inf)] + ([(dp, epsilon)] if math.isfinite(epsilon) else [])
+    budgets: list[tuple[dict[str, list[Any]], float]] = [({}, math.inf)] + (
+        [(dp, epsilon)] if math.isfinite(epsilon) else []
+    )
     grids: list[dict[str, list[Any]]] = []
     for recipe, eps in budgets:
         if "raw" in modes:

@@ -73,16 +73,49 @@ def make_contract(cfg: RunConfig, plan: DataPlan) -> P.Contract:
     )
 
 
-def wait_for_nodes(grid: Grid, n: int, timeout: float = 600.0, settle: float = 3.0) -> list[int]:
-    """Block until ``n`` SuperNodes are connected (``n = 0``: all, once their count settles)."""
-    deadline = time.time() + timeout
-    seen, since = -1, time.time()
+class FederationTooSmall(RuntimeError):
+    """The federation has fewer SuperNodes than ``num-clients`` asks for, and will not get more."""
+
+
+def wait_for_nodes(
+    grid: Grid, n: int, *, timeout: float = 600.0, simulation: bool = False, settle: float = 3.0, every: float = 10.0
+) -> list[int]:
+    """Block until ``n`` SuperNodes are connected (``n = 0``: all, once their count settles).
+
+    A simulation registers every SuperNode at its start: once the count has settled below ``n``
+    the wait cannot succeed, so it fails at once, naming both numbers and both fixes. A
+    deployment's SuperNodes may come later: "k of N SuperNodes connected" is logged every
+    ``every`` seconds, and after ``timeout`` (``node-wait-timeout``) the error names the nodes
+    that did connect.
+
+    Raises
+    ------
+    FederationTooSmall
+        In a simulation, fewer SuperNodes than ``n``.
+    TimeoutError
+        In a deployment, fewer than ``n`` SuperNodes after ``timeout`` seconds.
+    """
+    start = time.time()
+    seen, since, told = -1, start, start
     while True:
         nodes = sorted(grid.get_node_ids())
+        now = time.time()
         if len(nodes) != seen:
-            seen, since = len(nodes), time.time()
-        if (n and len(nodes) >= n) or (not n and nodes and time.time() - since >= settle):
+            seen, since = len(nodes), now
+        settled = bool(nodes) and now - since >= settle
+        if (n and len(nodes) >= n) or (not n and settled):
             return nodes[:n] if n else nodes
-        if time.time() > deadline:
-            raise TimeoutError(f"only {len(nodes)} of num-clients={n} SuperNodes connected in {timeout:.0f}s")
+        if simulation and settled:
+            raise FederationTooSmall(
+                f"num-clients={n} but the simulation has {len(nodes)} SuperNodes: give it {n} "
+                f'(flwr run . --federation-config "num-supernodes={n}"), or set num-clients=0 to use every SuperNode'
+            )
+        if now - told >= every:
+            told = now
+            log.info("%d of %s SuperNodes connected (waiting up to %.0f s)", len(nodes), n or "all", timeout)
+        if now - start > timeout:
+            raise TimeoutError(
+                f"only {len(nodes)} of num-clients={n} SuperNodes connected in {timeout:.0f} s (node-wait-timeout); "
+                f"connected node ids: {nodes or 'none'}"
+            )
         time.sleep(0.5)

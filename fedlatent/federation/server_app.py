@@ -42,10 +42,23 @@ log = logging.getLogger("fedlatent")
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run every phase and export the run directory (a fresh one, or the one a resume continues)."""
+    """Run every phase and export the run directory; a failure's last log line is ``fedlatent: FAILED: <reason>``.
+
+    ``flwr run --stream`` exits 0 even when the ServerApp fails, so the line is what a user
+    reading the stream, or a script grepping it, can rely on (and no ``results.json`` is written).
+    """
     show_log()
+    try:
+        _main(grid, context)
+    except BaseException as err:
+        log.error("FAILED: %s", f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
+        raise
+
+
+def _main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_run_config(context.run_config)
-    nodes = wait_for_nodes(grid, cfg.num_clients)
+    simulation = type(grid).__name__ == "InMemoryGrid"  # Flower's simulation grid: all SuperNodes register at once
+    nodes = wait_for_nodes(grid, cfg.num_clients, timeout=cfg.node_wait_timeout, simulation=simulation)
     cfg = dataclasses.replace(cfg, num_clients=len(nodes))  # num-clients 0: every SuperNode
     preflight(cfg)  # as the CLI does, for flwr run users: no run directory for a run that cannot work
     out = resume_directory(cfg) if cfg.resume else run_directory(cfg)

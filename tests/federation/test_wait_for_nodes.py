@@ -69,11 +69,11 @@ def test_flwr_run_with_more_clients_than_supernodes_fails_fast_and_says_why(tmp_
 @pytest.mark.slow
 def test_a_deployment_whose_second_supernode_never_comes_fails_after_node_wait_timeout(tmp_path: Path) -> None:
     lines: list[str] = []
-    cfg = {"num-clients": 2, "rounds": 1, "node-wait-timeout": 25.0, "out-dir": str(tmp_path / "out")}
+    cfg = {"num-clients": 2, "rounds": 1, "node-wait-timeout": 12.0, "out-dir": str(tmp_path / "out")}
     with LocalDeployment(flwr_home=tmp_path / "home", num_supernodes=1, workdir=tmp_path) as deployment:
         with pytest.raises(FederationError):
             deployment.run(app_dir(), run_config=cfg, timeout=300, echo=lines.append)
     log = "\n".join(lines)
     assert "1 of 2 SuperNodes connected" in log, log
-    assert "FAILED: TimeoutError: only 1 of num-clients=2 SuperNodes connected in 25 s" in log
+    assert "FAILED: TimeoutError: only 1 of num-clients=2 SuperNodes connected in 12 s" in log
     assert not (tmp_path / "out" / "results.json").exists()

@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 
 from fedlatent.config import RunConfig
+from fedlatent.data.loading import Dataset
 from fedlatent.learning.seeding import secret_generator
 from fedlatent.learning.training import encode, evaluate
 from fedlatent.plan import build_classifier, build_encoder, dp_train_round, make_plan, new_ledger, public_autoencoder
 
 
-def federate(cfg: RunConfig, shards: list[tuple[torch.Tensor, torch.Tensor]], ds) -> torch.nn.Module:  # noqa: ANN001
+def federate(cfg: RunConfig, shards: list[tuple[torch.Tensor, torch.Tensor]], ds: Dataset) -> torch.nn.Module:
     """FedAvg of ``cfg.rounds`` rounds of each shard's DP-SGD round; returns the global model."""
     model = build_classifier(cfg, ds)
     ledgers = [new_ledger(cfg) for _ in shards]

@@ -227,8 +227,8 @@ def dp_train_round(
 ) -> tuple[dict[str, float], bool]:
     """One client DP-SGD round of the run (``privacy.client.train_round``) with the config's settings.
 
-    ``encoder``: the federated autoencoder's round (reconstruction of ``x``, its share of ε),
-    else the classifier's (cross-entropy on ``y``). Returns ``(metrics, trained)``.
+    ``encoder``: the federated autoencoder's round (reconstruction of ``x``, its share of ε, Adam),
+    else the classifier's (cross-entropy on ``y``, the config's optimizer). Returns ``(metrics, trained)``.
     """
     return train_round(
         model,
@@ -241,6 +241,8 @@ def dp_train_round(
         lr=cfg.lr,
         max_grad_norm=cfg.max_grad_norm,
         generator=generator,
+        optimizer="adam" if encoder else cfg.optimizer,
+        momentum=cfg.momentum,
     )
 
 

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 
 from fedlatent.config import ConfigError, RunConfig
-from fedlatent.plan import dp_round_plan, make_plan, release_noise_std
+from fedlatent.plan import build_classifier, dp_round_plan, make_plan, release_noise_std
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -30,6 +30,11 @@ def preflight(cfg: RunConfig) -> None:
         Naming the key and the value that cannot work.
     """
     plan = make_plan(cfg)  # data files, and enough records for the clients
+    if cfg.mode == "raw":
+        try:  # the classifier fits the images (tanh-cnn needs 16x16)
+            build_classifier(cfg, plan.dataset)
+        except ValueError as err:
+            raise ConfigError(f"config key 'classifier-arch' = {cfg.classifier_arch!r}: {err}") from None
     if cfg.mode == "public-only" or not cfg.dp:
         return
     smallest = min(len(c) for c in plan.client_idx)

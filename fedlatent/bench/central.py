@@ -52,9 +52,11 @@ def central_seconds(cfg: RunConfig) -> tuple[float, float]:
         dp_fit(
             model, x, y, record_loss_fn=classification_losses, epochs=epochs, batch_size=cfg.batch_size,
             lr=cfg.lr, noise_multiplier=z, max_grad_norm=cfg.max_grad_norm, generator=gen,
+            optimizer=cfg.optimizer, momentum=cfg.momentum,
         )  # fmt: skip
     else:
-        train_classifier(model, x, y, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen)
+        train_classifier(model, x, y, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, generator=gen,
+                         optimizer=cfg.optimizer, momentum=cfg.momentum)  # fmt: skip
     accuracy = evaluate(model, xt, yt)[1]
     return time.monotonic() - start, accuracy
 

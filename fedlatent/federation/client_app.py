@@ -176,7 +176,8 @@ def train(msg: Message, context: Context) -> Message:
         if isinstance(model, Autoencoder):
             loss = train_autoencoder(model, x, epochs=epochs, batch_size=batch, lr=cfg.lr, generator=gen)
         else:
-            loss = train_classifier(model, inputs, y, epochs=epochs, batch_size=batch, lr=cfg.lr, generator=gen)
+            loss = train_classifier(model, inputs, y, epochs=epochs, batch_size=batch, lr=cfg.lr, generator=gen,
+                                    optimizer=cfg.optimizer, momentum=cfg.momentum)  # fmt: skip
         return metrics | {"train-loss": loss}, {P.ARRAYS: P.module_to_arrays(model)}, None
 
     return _answer_once(msg, context, store, "train-encoder" if encoder else "train-classifier", rnd, answer)

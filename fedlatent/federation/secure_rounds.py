@@ -29,7 +29,7 @@ from fedlatent.federation.rounds import broadcast, identify
 from fedlatent.federation.secagg import SecureRoundFailed, secure_sum, workflow_for
 from fedlatent.learning.models import Encoder
 from fedlatent.learning.progress import Progress
-from fedlatent.learning.training import encode, evaluate
+from fedlatent.learning.training import encode, evaluate, make_optimizer
 from fedlatent.plan import build_classifier
 from fedlatent.privacy.distributed import server_gradient, set_flat_gradient
 from fedlatent.privacy.statistics import (
@@ -47,9 +47,7 @@ EVALUATIONS = 20  # test accuracy this many times over the run (and after the la
 
 def server_optimizer(model: torch.nn.Module, *, kind: str, lr: float, momentum: float) -> torch.optim.Optimizer:
     """The server's optimizer of distributed DP-SGD: it only post-processes the privatized gradient."""
-    if kind == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    return torch.optim.Adam(model.parameters(), lr=lr)
+    return make_optimizer(list(model.parameters()), kind=kind, lr=lr, momentum=momentum)
 
 
 def _workflow(run: RunContext, bound: int) -> tuple[SecAggPlusWorkflow, int]:

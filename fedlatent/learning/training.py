@@ -15,6 +15,8 @@ from torch import nn
 
 from fedlatent.learning.models import Autoencoder
 
+OPTIMIZERS = ("adam", "sgd")
+
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 OnEpoch = Callable[..., None]
 """Called as ``on_epoch(epoch, loss=mean_loss)`` after each epoch (e.g. a ``progress.Progress``)."""
@@ -109,6 +111,15 @@ def fit(
     return mean
 
 
+def make_optimizer(params: list[nn.Parameter], *, kind: str, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """Adam, or SGD with ``momentum`` (the DP-SGD literature's choice, e.g. Tramèr & Boneh 2021)."""
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    raise ValueError(f"unknown optimizer {kind!r}; choose one of {OPTIMIZERS}")
+
+
 def train_classifier(
     model: nn.Module,
     x: torch.Tensor,
@@ -119,11 +130,13 @@ def train_classifier(
     lr: float,
     generator: torch.Generator,
     on_epoch: OnEpoch | None = None,
+    optimizer: str = "adam",
+    momentum: float = 0.0,
 ) -> float:
-    """Train a classifier (image or latent) with Adam and cross-entropy."""
+    """Train a classifier (image or latent) with cross-entropy and Adam (or SGD with ``momentum``)."""
     loader = make_loader(x, y, batch_size=batch_size, generator=generator)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    return fit(model, loader, optimizer, epochs=epochs, loss_fn=classification_loss, on_epoch=on_epoch)
+    step = make_optimizer(list(model.parameters()), kind=optimizer, lr=lr, momentum=momentum)
+    return fit(model, loader, step, epochs=epochs, loss_fn=classification_loss, on_epoch=on_epoch)
 
 
 def train_autoencoder(

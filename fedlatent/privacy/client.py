@@ -72,8 +72,12 @@ def train_round(
     lr: float,
     max_grad_norm: float,
     generator: torch.Generator,
+    optimizer: str = "adam",
+    momentum: float = 0.0,
 ) -> tuple[dict[str, float], bool]:
     """One DP-SGD round as ``plan`` says if the budget allows; return ``(metrics, trained)``.
+
+    ``optimizer`` and ``momentum`` choose ``dp_fit``'s base optimizer.
 
     The metrics carry no training loss: it is computed on private records without noise.
     """
@@ -90,6 +94,8 @@ def train_round(
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=max_grad_norm,
         generator=generator,
+        optimizer=optimizer,
+        momentum=momentum,
     )
     spent = ledger.record(noise_multiplier=plan.noise_multiplier, sample_rate=rate, steps=steps)
     return {"epsilon-spent": spent, "noise-multiplier": plan.noise_multiplier}, True

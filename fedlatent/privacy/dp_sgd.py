@@ -2,33 +2,27 @@
 
 What: ``dp_fit`` trains a model in place with DP-SGD and returns the step count and sampling
 rate for the client's ``privacy.Ledger``. The privacy math (accountants, calibration) is in
-``privacy.py``; this module only carries out the mechanism those numbers describe.
+``accounting.py``; this module only carries out the mechanism those numbers describe.
 
-Why ghost clipping: Opacus' classic ``GradSampleModule`` materializes every record's gradient
-(batch x parameters), which made DP-SGD on the 235k-parameter image MLP ~12x slower than
-plain training on 2 CPU cores. Opacus' fast-gradient/ghost clipping computes each record's
-gradient *norm* from activations and backprops (for ``nn.Linear``: |a| |g|) and then takes a
-second backward pass on the loss reweighted by the clipping factors. The clipped sum is the
-same vector, so the mechanism and its ε are unchanged (tests check it, for every model
-fedlatent trains, against per-record gradients computed one by one).
+Each step takes the clipped sum of the sampled records' gradients from ``clipping.METHODS``
+(exact, three ways; the fastest for the model by default), adds N(0, (sigma C)^2) per coordinate
+from the step's secret generator, divides by the expected batch size and hands the result to
+the base optimizer (Adam, or SGD with momentum: either only post-processes the privatized
+gradient). One noise path for every clipping method keeps the mechanism in one place.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
-from opacus.grad_sample import GradSampleModuleFastGradientClipping
-from opacus.optimizers import DPOptimizerFastGradientClipping
-from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 
-RecordLossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(model, x, y) -> loss of each record``, shape ``(len(x),)``."""
+from fedlatent.learning.training import make_optimizer
+from fedlatent.privacy.clipping import METHODS, RecordLossFn, method_for
 
-_OPACUS_PARAM_ATTRS = ("grad_sample", "summed_grad", "_norm_sample", "_forward_counter", "_current_grad_sample")
+__all__ = ["PoissonBatches", "RecordLossFn", "dp_fit", "dp_steps"]
 
 
 class PoissonBatches:
@@ -72,6 +66,9 @@ def dp_fit(
     noise_multiplier: float,
     max_grad_norm: float,
     generator: torch.Generator,
+    optimizer: str = "adam",
+    momentum: float = 0.0,
+    method: str | None = None,
 ) -> tuple[float, int, float]:
     """Train ``model`` in place with DP-SGD; return ``(mean loss, steps, sample_rate)``.
 
@@ -79,15 +76,15 @@ def dp_fit(
     clipped to L2 norm ``max_grad_norm``, adds N(0, (noise_multiplier · max_grad_norm)²) noise
     from a generator seeded by ``generator`` (which also draws the batches: for a guarantee it
     must be secret, ``plan.noise_generator``; not Opacus' ``secure_mode``) and
-    divides by the expected batch size. The base optimizer is Adam, as in non-private
-    training, so one ``lr`` serves both (Adam only post-processes privatized gradients).
-    Batches are Poisson samples at ``sample_rate = min(1, batch_size / len(x))``,
-    ``dp_steps(...)`` of them: give both to ``Ledger.record``. The mean loss is
-    record-weighted over the last epoch's steps.
+    divides by the expected batch size. ``optimizer`` (``adam``, or ``sgd`` with ``momentum``)
+    then steps on it; ``method`` names the clipping of ``clipping.METHODS`` (default: the
+    fastest for ``model``, ``clipping.method_for``). Batches are Poisson samples at
+    ``sample_rate = min(1, batch_size / len(x))``, ``dp_steps(...)`` of them: give both to
+    ``Ledger.record``. The mean loss is record-weighted over the last epoch's steps.
 
     An empty batch takes a step of pure noise: the accountant counts every step, and a
-    skipped one would reveal that nobody was sampled. Afterwards Opacus' hooks and parameter
-    attributes are gone and ``model`` (never wrapped itself) holds the trained weights.
+    skipped one would reveal that nobody was sampled. ``model`` holds the trained weights
+    afterwards and carries no hook or gradient.
 
     Raises
     ------
@@ -100,43 +97,30 @@ def dp_fit(
     steps = dp_steps(epochs=epochs, sample_rate=sample_rate)
     noise_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
     loader = PoissonBatches(x, y, sample_rate=sample_rate, steps=steps, generator=generator)
-    wrapped = GradSampleModuleFastGradientClipping(model, max_grad_norm=max_grad_norm, use_ghost_clipping=True)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = DPOptimizerFastGradientClipping(
-        torch.optim.Adam(params, lr=lr),
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm,
-        expected_batch_size=min(batch_size, len(x)),
-        generator=noise_gen,
-    )
+    step = make_optimizer(params, kind=optimizer, lr=lr, momentum=momentum)
+    std, expected = noise_multiplier * max_grad_norm, min(batch_size, len(x))
     last_epoch = min(steps, math.ceil(1 / sample_rate - 1e-9))
     totals: list[tuple[float, int]] = []
+    model.train()
     try:
-        wrapped.train()
-        for xb, yb in loader:
-            optimizer.zero_grad()
-            if len(xb) == 0:
-                for p in params:
-                    p.grad = torch.zeros_like(p)
-                totals.append((0.0, 0))
-            else:
-                losses = record_loss_fn(wrapped, xb, yb)
-                if not torch.isfinite(losses).all():
-                    raise FloatingPointError(f"training loss became {losses.mean().item()}")
-                # Two backward passes: per-record norms, then the loss reweighted by clip factors.
-                # Opacus' hooks see inputs that need no gradient (data); torch warns, harmlessly.
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
-                    DPTensorFastGradientClipping(wrapped, optimizer, losses, "mean").backward()
-                totals.append((losses.sum().item(), len(xb)))
-            optimizer.step()
+        with METHODS[method or method_for(model)](model, record_loss_fn, max_grad_norm) as clip:
+            for xb, yb in loader:
+                if len(xb):
+                    sums, losses = clip(xb, yb)
+                    if not torch.isfinite(losses).all():
+                        raise FloatingPointError(f"training loss became {losses.mean().item()}")
+                    totals.append((losses.sum().item(), len(xb)))
+                else:
+                    sums = [torch.zeros_like(p) for p in params]
+                    totals.append((0.0, 0))
+                for p, total in zip(params, sums, strict=True):
+                    noise = torch.normal(0.0, std, size=p.shape, generator=noise_gen) if std else 0.0
+                    p.grad = (total + noise) / expected
+                step.step()
     finally:
-        optimizer.zero_grad(set_to_none=True)
-        wrapped.to_standard_module()
         for p in model.parameters():
-            for attr in _OPACUS_PARAM_ATTRS:
-                if hasattr(p, attr):
-                    delattr(p, attr)
+            p.grad = None
     count = sum(n for _, n in totals[len(totals) - last_epoch :])
     mean = sum(s for s, _ in totals[len(totals) - last_epoch :]) / count if count else float("nan")
     return mean, steps, sample_rate

@@ -10,6 +10,8 @@ from torch import nn
 
 from fedlatent.learning.models import Autoencoder, Decoder, Encoder, ImageClassifier, LatentClassifier
 from fedlatent.learning.training import classification_losses, reconstruction_record_losses
+from fedlatent.privacy.book_keeping import supports
+from fedlatent.privacy.clipping import METHODS, method_for
 from fedlatent.privacy.dp_sgd import dp_fit
 
 SHAPES = [(1, 8, 8), (1, 28, 28)]
@@ -114,6 +116,8 @@ OPACUS_MODELS = {
     "latent": (lambda: LatentClassifier(latent_dim=D, num_classes=10), (D,)),
     "ae-mlp": (lambda: Autoencoder(image_shape=(1, 8, 8), latent_dim=D, arch="mlp"), (1, 8, 8)),
     "ae-conv": (lambda: Autoencoder(image_shape=(1, 8, 8), latent_dim=D, arch="conv"), (1, 8, 8)),
+    "tanh-cnn": (lambda: ImageClassifier(image_shape=(1, 16, 16), num_classes=10, arch="tanh-cnn"), (1, 16, 16)),
+    "linear": (lambda: LatentClassifier(latent_dim=D, num_classes=10, hidden=()), (D,)),
 }
 
 
@@ -130,13 +134,26 @@ def test_opacus_compatible(name):
         assert p.grad_sample is not None and p.grad_sample.shape == (3, *p.shape)
 
 
-@pytest.mark.parametrize("name", list(OPACUS_MODELS))
-def test_dp_fit_step_is_the_mean_of_clipped_per_record_gradients(name, monkeypatch):
-    # dp_fit's ghost clipping never materializes per-record gradients (Linear: norms from
-    # activations and backprops; other layers: their own code path), so check its update
-    # against per-record gradients computed one by one, for every model fedlatent trains.
-    # SGD with lr 1 and no noise exposes the privatized gradient.
-    monkeypatch.setattr(torch.optim, "Adam", torch.optim.SGD)
+def test_tanh_cnn_is_papernots_26k_weight_network_and_refuses_small_images():
+    model = ImageClassifier(image_shape=(1, 28, 28), num_classes=10, arch="tanh-cnn")
+    assert sum(p.numel() for p in model.parameters()) == 26010
+    assert sum(isinstance(m, nn.Tanh) for m in model.modules()) == 3
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="16x16"):
+        ImageClassifier(image_shape=(1, 8, 8), num_classes=10, arch="tanh-cnn")
+
+
+def _methods(name: str) -> list[str]:
+    """Every clipping method that handles the model (book-keeping: Linear, Conv2d, GroupNorm only)."""
+    return [m for m in METHODS if m != "book-keeping" or supports(OPACUS_MODELS[name][0]())]
+
+
+@pytest.mark.parametrize(("name", "method"), [(n, m) for n in OPACUS_MODELS for m in _methods(n)])
+def test_dp_fit_step_is_the_mean_of_clipped_per_record_gradients(name, method):
+    # No clipping method of dp_fit is the textbook one (book-keeping and ghost clipping never
+    # materialize a record's gradient; vmap vectorizes), so check each one's update against
+    # per-record gradients computed one by one, for every model fedlatent trains.
+    # SGD with lr 1, no momentum and no noise exposes the privatized gradient.
     build, in_shape = OPACUS_MODELS[name]
     model = build()
     loss_fn = reconstruction_record_losses if isinstance(model, Autoencoder) else classification_losses
@@ -164,6 +181,8 @@ def test_dp_fit_step_is_the_mean_of_clipped_per_record_gradients(name, monkeypat
         noise_multiplier=0.0,
         max_grad_norm=clip,
         generator=torch.Generator().manual_seed(0),
+        optimizer="sgd",
+        method=method,
     )
     assert (steps, rate) == (1, 1.0)  # one step over every record
     for k, p in model.named_parameters():
@@ -185,3 +204,10 @@ def test_seed_bugs_put_the_seeds_two_relus_back_and_keep_the_weight_keys(arch):
     bad.load_state_dict(head.state_dict())
     z = torch.randn(16, D)
     assert torch.equal(bad(z), head(z).clamp(min=0))
+
+
+def test_every_model_fedlatent_trains_takes_book_keeping_but_the_conv_decoder():
+    # The timings in docs/privacy.md chose book-keeping wherever it applies; Opacus' ghost
+    # clipping covers what it does not (the conv autoencoder's transposed convolutions).
+    chosen = {name: method_for(build()) for name, (build, _) in OPACUS_MODELS.items()}
+    assert chosen == {name: "ghost" if name == "ae-conv" else "book-keeping" for name in OPACUS_MODELS}

@@ -22,6 +22,7 @@ from fedlatent.bench.compare_spec import ATTACKS as COMPARE_ATTACKS
 from fedlatent.bench.compare_spec import EPSILON as COMPARE_EPSILON
 from fedlatent.bench.compare_spec import MODES as COMPARE_MODES
 from fedlatent.bench.compare_spec import profile
+from fedlatent.bench.perf import PARTS
 from fedlatent.config import ENCODERS, ConfigError, RunConfig
 from fedlatent.data.loading import DataError
 from fedlatent.launch.superlink import FederationError
@@ -122,7 +123,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from fedlatent.bench.perf import run_bench
 
     out = Path(args.out or f"runs/{_stamp()}-bench").expanduser().resolve()
-    run_bench(out, dataset=args.dataset, clients=args.clients, datasets=args.datasets, epsilon=args.epsilon)
+    run_bench(
+        out, dataset=args.dataset, clients=args.clients, datasets=args.datasets, epsilon=args.epsilon,
+        parts=args.parts,
+    )  # fmt: skip
     return 0
 
 
@@ -249,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--clients", nargs="+", type=int, default=[10, 100, 1000], help="latent-share client counts")
     bench.add_argument("--datasets", nargs="+", default=["digits", "fashion-mnist"], help="data sets of the scale runs")
     bench.add_argument("--epsilon", type=float, default=3.0, help="budget of the DP runs")
+    bench.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which parts (default: all)")
     bench.add_argument("--out", default=None, help="output folder (default runs/<time>-bench)")
     bench.set_defaults(func=cmd_bench)
     return parser

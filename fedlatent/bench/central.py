@@ -4,11 +4,9 @@ What: ``central_seconds(cfg)`` does what a ``raw`` or ``latent-fedavg`` federati
 computes — the public autoencoder and the encoding of every record in the latent mode, then
 ``rounds x local-epochs`` epochs of the classifier over all clients' records, plain or with
 DP-SGD at the noise the clients would use — in this process, and returns its wall time.
-``step_seconds`` times one plain and one DP-SGD step of the same model on the same batch.
 
-Why: "federated ÷ centralized" is the overhead Flower and fedlatent add to the same work;
-a DP-SGD step ÷ a plain step is what privacy costs per step. Both are ratios, which hold on
-a noisy machine where absolute seconds do not.
+Why: "federated ÷ centralized" is the overhead Flower and fedlatent add to the same work, a
+ratio, which holds on a noisy machine where absolute seconds do not.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from fedlatent.learning.training import (
     classification_losses,
     encode,
     evaluate,
-    make_loader,
     train_classifier,
 )
 from fedlatent.plan import build_classifier, dp_round_plan, make_plan, public_autoencoder
@@ -59,32 +56,3 @@ def central_seconds(cfg: RunConfig) -> tuple[float, float]:
                          optimizer=cfg.optimizer, momentum=cfg.momentum)  # fmt: skip
     accuracy = evaluate(model, xt, yt)[1]
     return time.monotonic() - start, accuracy
-
-
-def step_seconds(cfg: RunConfig, *, steps: int = 50) -> dict[str, float]:
-    """Seconds per step of plain Adam and of DP-SGD (ghost clipping) on the run's model and batch size."""
-    plan = make_plan(dataclasses.replace(cfg, cache_dir=""))
-    x, y = plan.client(0)
-    model = build_classifier(dataclasses.replace(cfg, mode="raw"), plan.dataset)
-    gen = generator(cfg.seed, 10)
-    batches = iter(make_loader(x, y, batch_size=cfg.batch_size, generator=gen))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start = time.monotonic()
-    for _ in range(steps):
-        try:
-            xb, yb = next(batches)
-        except StopIteration:
-            batches = iter(make_loader(x, y, batch_size=cfg.batch_size, generator=gen))
-            xb, yb = next(batches)
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(xb), yb).backward()
-        optimizer.step()
-    plain = (time.monotonic() - start) / steps
-    rate = cfg.batch_size / len(x)
-    start = time.monotonic()
-    _, taken, _ = dp_fit(
-        model, x, y, record_loss_fn=classification_losses, epochs=steps * rate, batch_size=cfg.batch_size,
-        lr=cfg.lr, noise_multiplier=1.0, max_grad_norm=cfg.max_grad_norm, generator=gen,
-    )  # fmt: skip
-    dp = (time.monotonic() - start) / taken
-    return {"plain_step_seconds": plain, "dp_step_seconds": dp, "dp_over_plain": dp / plain}

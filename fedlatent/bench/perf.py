@@ -4,7 +4,10 @@ From one invocation, on one private SuperLink (real ``flwr run`` simulations):
 
 - ``fed_vs_central``: federated wall time ÷ the same training done centrally in one process
   (``central.py``), for ``raw`` and ``latent-fedavg``, with and without DP;
-- ``dp_step``: a DP-SGD step ÷ a plain step of the image model;
+- ``dp_step``: a DP-SGD step ÷ a plain step, per model, batch size and clipping method
+  (``steps.py``);
+- ``recipe``: the fair raw DP baseline (``experiments/raw-cnn-fmnist.toml``'s recipe at
+  ε = 3, 10 clients): wall seconds and accuracy of one run;
 - ``scale``: ``latent-share`` at growing client counts on each data set: seconds per client
   message (the share broadcast's wall time ÷ its messages; it must not grow with the data
   set), peak resident memory of all Flower processes, bytes uploaded per client;
@@ -28,9 +31,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedlatent.bench.central import central_seconds, step_seconds
+from fedlatent.bench.central import central_seconds
 from fedlatent.bench.report import write_report
 from fedlatent.bench.secure import secagg_cost
+from fedlatent.bench.steps import dp_step_table
 from fedlatent.config import RunConfig
 from fedlatent.jsonable import jsonable
 from fedlatent.launch.processes import sessions_rss, tree_sessions
@@ -39,6 +43,12 @@ from fedlatent.launch.superlink import LocalSuperLink
 # Small enough for 2 cores, large enough that fixed costs do not dominate.
 FED = {"rounds": 3, "local-epochs": 1, "ae-epochs": 5, "num-clients": 10, "epsilon": "inf"}
 SHARE = {"mode": "latent-share", "encoder": "public", "ae-epochs": 1, "server-epochs": 1, "ae-batch-size": 256}
+# The fair raw DP baseline (experiments/raw-cnn-fmnist.toml): Tramer & Boneh 2021's recipe per client.
+RECIPE = {
+    "mode": "raw", "num-clients": 10, "public-fraction": 0.01, "classifier-arch": "tanh-cnn", "optimizer": "sgd",
+    "momentum": 0.9, "lr": 4.0, "max-grad-norm": 0.1, "batch-size": 203, "rounds": 10, "local-epochs": 4,
+}  # fmt: skip
+PARTS = ("dp-step", "recipe", "fed-vs-central", "rounds", "secagg", "scale")
 
 
 @contextmanager
@@ -141,6 +151,14 @@ def marginal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def recipe(bench: Bench, *, epsilon: float) -> dict[str, Any]:
+    """One run of the fair raw DP baseline on Fashion-MNIST: its wall time, accuracy and ε."""
+    bench.dataset = "fashion-mnist"  # the recipe's data set, whatever the bench's
+    res = bench.federation(f"recipe-eps{epsilon:g}", {**RECIPE, "epsilon": epsilon})
+    return {"epsilon": res["epsilon"], "accuracy": res["accuracy"], "wall_seconds": res["wall_seconds"],
+            "launcher_seconds": res["launcher_seconds"], "rounds": res["rounds"]}  # fmt: skip
+
+
 def rounds(bench: Bench, *, clients: int = 100) -> list[dict[str, Any]]:
     """raw and latent-fedavg at ``clients`` clients, a tenth sampled per round."""
     rows = []
@@ -166,20 +184,29 @@ def run_bench(
     clients: Sequence[int] = (10, 100, 1000),
     datasets: Sequence[str] = ("digits", "fashion-mnist"),
     epsilon: float = 3.0,
+    parts: Sequence[str] = PARTS,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run every part of the benchmark (module docstring); write and return ``bench.json``."""
+    """Run the benchmark's ``parts`` (module docstring; default all); write and return ``bench.json``."""
+    if unknown := set(parts) - set(PARTS):
+        raise ValueError(f"unknown bench part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"dataset": dataset, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    base = RunConfig.from_run_config({**FED, "dataset": dataset, "mode": "raw"})
-    report["dp_step"] = step_seconds(base)
-    echo(f"bench: a DP-SGD step costs {report['dp_step']['dp_over_plain']:.2f} plain steps")
-    with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home, LocalSuperLink(flwr_home=Path(home)) as link:
-        bench = Bench(link, out, dataset=dataset, echo=echo)
-        report["fed_vs_central"] = fed_vs_central(bench, epsilon=epsilon)
-        report["rounds"] = rounds(bench)
-        report["secagg"] = secagg_cost(bench)
-        report["scale"] = scale(bench, clients=clients, datasets=datasets)
+    if "dp-step" in parts:
+        report["dp_step"] = dp_step_table(echo=echo)
+    federated: dict[str, Callable[[Bench], Any]] = {
+        "recipe": lambda b: recipe(b, epsilon=epsilon),
+        "fed_vs_central": lambda b: fed_vs_central(b, epsilon=epsilon),
+        "rounds": rounds,
+        "secagg": secagg_cost,
+        "scale": lambda b: scale(b, clients=clients, datasets=datasets),
+    }
+    wanted = [key for key in federated if key.replace("_", "-") in parts]
+    if wanted:  # one private SuperLink for every federated part
+        with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home:
+            with LocalSuperLink(flwr_home=Path(home)) as link:
+                for key in wanted:
+                    report[key] = federated[key](Bench(link, out, dataset=dataset, echo=echo))
     (out / "bench.json").write_text(json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n")
     write_report(report, out)
     echo(f"bench: {out / 'bench.md'}, bench.json, bench.png")

@@ -136,6 +136,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     spec = with_axes(SweepSpec.load(args.file), [parse_axis(a) for a in args.grid])
     out = Path(args.out or f"runs/{_stamp()}-sweep").expanduser().resolve()
+    if args.ray:
+        from fedlatent.bench.ray_sweep import run_sweep_on_ray
+
+        if args.ray_cpus < 1:
+            raise ConfigError("--ray-cpus must be at least 1")
+        done = run_sweep_on_ray(spec, out, address=args.ray, cpus=args.ray_cpus, verbose=args.verbose,
+                                timeout=args.timeout)  # fmt: skip
+        return _reported(out, done)
     return _run_spec(args, spec, out, clients=1)
 
 
@@ -143,7 +151,6 @@ def _run_spec(args: argparse.Namespace, spec: Any, out: Path, *, clients: int) -
     """Every point of a sweep ``spec`` into ``out`` on one federation, then its report; 1 if a point failed."""
     from fedlatent.attacks.run import run_attacks
     from fedlatent.bench.runner import run_sweep
-    from fedlatent.bench.study import write_report
     from fedlatent.bench.sweep import SweepSpec, points
 
     log = logging.getLogger("fedlatent")
@@ -161,6 +168,13 @@ def _run_spec(args: argparse.Namespace, spec: Any, out: Path, *, clients: int) -
             run_config=run_config,
             resume_config=resume_config,
         )
+    return _reported(out, done)
+
+
+def _reported(out: Path, done: dict[str, Any]) -> int:
+    """Write a finished sweep's report and say what happened; 1 if a point failed."""
+    from fedlatent.bench.study import write_report
+
     md, html = write_report(out)
     print(f"\n{done['finished']}/{done['points']} points finished ({done['skipped']} from before) "
           f"in {done['seconds'] / 60:.1f} min -> {md}, {html}")  # fmt: skip
@@ -244,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--verbose", action="store_true", help="show Flower's full log")
     sweep.add_argument("--timeout", type=float, default=6 * 3600, help="seconds before one point is stopped")
+    sweep.add_argument("--ray", metavar="ADDRESS", default=None,
+                       help="run the points in parallel on this Ray cluster (e.g. auto, or HEAD_IP:6379)")  # fmt: skip
+    sweep.add_argument("--ray-cpus", type=int, default=2, help="CPUs each point declares on the cluster (default 2)")
     sweep.set_defaults(func=cmd_sweep, deployment=False, tls=False, auth=False)
     report = verbs.add_parser("report", help="write report.md/.html, tables and figures of a sweep directory")
     report.add_argument("dir", help="the sweep directory")

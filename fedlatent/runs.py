@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +61,25 @@ def federation(args: argparse.Namespace, num_clients: int) -> Iterator[LocalSupe
                 yield link
 
 
-def run_one(link: LocalSuperLink | LocalDeployment, cfg: RunConfig, *, verbose: bool, timeout: float) -> dict[str, Any]:
-    """Run one federation on ``link`` and return its ``results.json``."""
-    result = link.run(
-        app_dir(),
-        run_config=cfg.to_run_config(),
-        num_supernodes=cfg.num_clients,
-        timeout=timeout,
-        echo=echo_lines(verbose),
-    )
+def run_one(
+    link: LocalSuperLink | LocalDeployment,
+    cfg: RunConfig,
+    *,
+    verbose: bool,
+    timeout: float,
+    cpus: int | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run one federation on ``link`` and return its ``results.json``.
+
+    ``cpus`` caps a simulation's own Ray instance (default: every core); ``echo`` receives the
+    output lines (default: ``echo_lines(verbose)``, to stdout).
+    """
+    settings, n, echo = cfg.to_run_config(), cfg.num_clients, echo or echo_lines(verbose)
+    if isinstance(link, LocalDeployment):  # its SuperNodes are processes of their own: no Ray to cap
+        result = link.run(app_dir(), run_config=settings, num_supernodes=n, timeout=timeout, echo=echo)
+    else:
+        result = link.run(app_dir(), run_config=settings, num_supernodes=n, cpus=cpus, timeout=timeout, echo=echo)
     results_path = Path(cfg.out_dir) / "results.json"
     if not results_path.is_file():
         failed = results_path.with_name("FAILED")

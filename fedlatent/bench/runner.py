@@ -74,6 +74,54 @@ def _resumed(where: Path, resume_config: Callable[..., RunConfig] | None) -> Run
     return cfg
 
 
+def prepare(
+    spec: SweepSpec,
+    out: Path,
+    point: Point,
+    *,
+    run_config: Callable[..., RunConfig],
+    resume_config: Callable[..., RunConfig] | None,
+) -> RunConfig:
+    """The config that runs an unfinished ``point``: resumed from its checkpoint, or afresh.
+
+    An interrupted point that cannot be resumed is removed first: its partial files must not
+    mix with the rerun.
+    """
+    where = point_dir(out, point)
+    cfg = _resumed(where, resume_config) if where.exists() else None
+    if where.exists() and cfg is None:
+        _log.info(f"sweep: {point.id} was interrupted; removing it and running it again")
+        shutil.rmtree(where)
+    return cfg or point_config(spec, out, point, run_config=run_config)
+
+
+def write_point(
+    out: Path, point: Point, spec: SweepSpec, results: dict[str, Any], *, seconds: float, has_attacks: bool
+) -> dict[str, Any]:
+    """Write the point's ``point.json`` (last: it marks the point finished) and return it."""
+    record = {"id": point.id, "overrides": point.overrides, "public_only": point.public_only, "seconds": seconds}
+    record |= {"accuracy": results.get("accuracy"), "attacks": spec.attacks or None, "has_attacks": has_attacks}
+    write_atomic(point_dir(out, point) / "point.json", record)
+    return record
+
+
+def write_spec(out: Path, spec: SweepSpec, todo: list[Point]) -> None:
+    """``out/sweep.json``: the spec and its points (what ``fedlatent report`` reads)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(
+        out / "sweep.json", {"spec": dataclasses.asdict(spec), "points": [dataclasses.asdict(p) for p in todo]}
+    )
+
+
+def progress_line(done: int, total: int, elapsed: float, eta: float, point: str, accuracy: Any, seconds: float) -> str:
+    """One progress line of a sweep: bar, points done, elapsed < ETA, and the point just finished."""
+    acc = float("nan") if accuracy is None else accuracy
+    return (
+        f"sweep {bar(done, total)}  {done}/{total} points  {clock(elapsed)} < {clock(eta)}  "
+        f"({point}: accuracy {acc:.4f}, {seconds:.0f} s)"
+    )
+
+
 def _eta(durations: dict[bool, list[float]], left: list[Point]) -> float:
     """Seconds left: each remaining point at the mean time of its kind so far (bar or federation)."""
     seen = durations[True] + durations[False]
@@ -98,10 +146,7 @@ def run_sweep(
     Returns ``{"points": n, "finished": n, "skipped": n, "failed": [ids], "seconds": s}``.
     """
     todo = points(spec)  # every point validated before anything is written or started
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(
-        out / "sweep.json", {"spec": dataclasses.asdict(spec), "points": [dataclasses.asdict(p) for p in todo]}
-    )
+    write_spec(out, spec, todo)
     skipped = [p for p in todo if is_finished(out, p)]
     remaining = [p for p in todo if not is_finished(out, p)]
     _log.info(f"sweep: {len(todo)} points, {len(skipped)} already finished, {len(remaining)} to run -> {out}")
@@ -124,26 +169,17 @@ def run_sweep(
             return
         seconds = federation_seconds + time.monotonic() - began  # its own work, not its wait in the queue
         durations[point.is_public_only].append(seconds)
-        record = {"id": point.id, "overrides": point.overrides, "public_only": point.public_only, "seconds": seconds}
-        record |= {"accuracy": results.get("accuracy"), "attacks": spec.attacks or None}
-        write_atomic(where / "point.json", record | {"has_attacks": bool(done_attacks)})
+        write_point(out, point, spec, results, seconds=seconds, has_attacks=bool(done_attacks))
         done = len(skipped) + sum(is_finished(out, p) for p in remaining)
         eta = _eta(durations, [p for p in remaining if not is_finished(out, p) and p.id not in failed])
-        _log.info(
-            f"sweep {bar(done, len(todo))}  {done}/{len(todo)} points  {clock(time.monotonic() - start)} < "
-            f"{clock(eta)}  ({point.id}: accuracy {results.get('accuracy', float('nan')):.4f}, {seconds:.0f} s)"
-        )
+        elapsed = time.monotonic() - start
+        _log.info(progress_line(done, len(todo), elapsed, eta, point.id, results.get("accuracy"), seconds))
 
     try:
         for i, point in enumerate(remaining):
             began = time.monotonic()
-            where = point_dir(out, point)
-            cfg = _resumed(where, resume_config) if where.exists() else None
-            if where.exists() and cfg is None:  # an interrupted point: its partial files must not mix with the rerun
-                _log.info(f"sweep: {point.id} was interrupted; removing it and running it again")
-                shutil.rmtree(where)
+            cfg = prepare(spec, out, point, run_config=run_config, resume_config=resume_config)
             _log.info(f"sweep: [{len(skipped) + i + 1}/{len(todo)}] {point.id}")
-            cfg = cfg or point_config(spec, out, point, run_config=run_config)
             try:
                 results = run_point(cfg)
             except KeyboardInterrupt:

@@ -1,0 +1,115 @@
+"""``fedlatent sweep --ray``: points as tasks on a two-node Ray cluster started on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fedlatent.bench.ray_sweep import _sees, task_of
+
+SWEEP = """
+[sweep]
+attacks = "quick"
+families = ["membership"]
+
+[base]
+dataset = "digits"
+num-clients = 2
+rounds = 20
+local-epochs = 1
+mode = "raw"
+
+[grid]
+seed = [0, 1]
+"""
+
+
+def test_a_node_sees_the_sweep_directory_only_with_the_right_token(tmp_path: Path) -> None:
+    probe = tmp_path / "probe"
+    probe.write_text("abc")
+    assert _sees(str(probe), "abc")[1] and not _sees(str(probe), "abd")[1]
+    assert not _sees(str(tmp_path / "absent"), "abc")[1]
+    assert task_of(tmp_path, "p") is None
+
+
+def _ray(*args: str, env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", *args, "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True, timeout=120)  # fmt: skip
+
+
+@pytest.fixture
+def two_node_cluster() -> Iterator[str]:
+    """A head and a second node, one CPU each, in a temp dir of their own (stopped by it, not `ray stop`,
+    which would also end every other Ray on the machine)."""
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port = 20000 + os.getpid() % 20000
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        _ray("--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp}", env=env)
+        _ray(f"--address=127.0.0.1:{port}", "--num-cpus=1", env=env)
+        yield f"127.0.0.1:{port}"
+    finally:
+        marks = (temp, f":{port} ")  # its processes: under its temp dir, or given its address (Ray's client server)
+        ours = [p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) + " "
+                                                                   for m in marks)]  # fmt: skip
+        for proc in ours:
+            for child in [*proc.children(recursive=True), proc]:
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    pass
+
+
+def _sweep(spec: Path, out: Path, address: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "fedlatent.cli", "sweep", str(spec), "--out", str(out), "--ray", address,
+            "--ray-cpus", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+@pytest.mark.slow
+def test_points_run_on_two_nodes_and_a_killed_point_resumes(tmp_path: Path, two_node_cluster: str) -> None:
+    spec, out = tmp_path / "tiny.toml", tmp_path / "sweep"
+    spec.write_text(SWEEP)
+    proc = _sweep(spec, out, two_node_cluster)
+    deadline, victim = time.monotonic() + 600, None
+    while victim is None and time.monotonic() < deadline and proc.poll() is None:
+        for state in out.glob("points/*/checkpoint/state.json"):
+            point = state.parent.parent
+            stage = json.loads(state.read_text())["stage"]
+            if stage["classifier_round"] >= 2 and not (point / "results.json").exists() and task_of(out, point.name):
+                victim = point.name
+                os.kill(task_of(out, victim)["pid"], signal.SIGKILL)  # its Ray worker dies mid-run
+                break
+        time.sleep(0.2)
+    log, _ = proc.communicate(timeout=600)
+    assert victim is not None, log
+    assert proc.returncode == 1 and "2 Ray node(s), 1 CPU(s) each" in log, log
+    failed = json.loads((out / "failed.json").read_text())
+    assert list(failed) == [victim], log
+    finished = {p.parent.name for p in out.glob("points/*/point.json")}
+    assert len(finished) == 3 and victim not in finished
+    hosts = [task_of(out, name) for name in finished]
+    assert all(h is not None and h["cpus"] == 1 for h in hosts)
+
+    proc = _sweep(spec, out, two_node_cluster)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    assert "4 points, 3 already finished, 1 to run" in log
+    assert f"{victim} was interrupted; resuming it from its checkpoint" in log
+    results = json.loads((out / "points" / victim / "results.json").read_text())
+    assert len([h for h in results["history"] if "accuracy" in h]) == 20 and results["rounds"] == 20
+    assert json.loads((out / "failed.json").read_text()) == {}
+    state = json.loads((out / "points" / victim / "checkpoint" / "state.json").read_text())
+    assert len(state["resumes"]) == 1  # it went on from its checkpoint, not from round 1
+    assert (out / "report.md").is_file() and len(list(out.glob("points/*/point.json"))) == 4

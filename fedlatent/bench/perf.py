@@ -13,6 +13,8 @@ From one invocation, on one private SuperLink (real ``flwr run`` simulations):
   set), peak resident memory of all Flower processes, bytes uploaded per client;
 - ``rounds``: ``raw`` and ``latent-fedavg`` at 100 clients with ``fraction-train 0.1``: seconds
   per round, peak memory, bytes uploaded per client;
+- ``ray-sweep``: a small sweep with ``--ray`` on a local cluster of one and of two nodes:
+  points per hour (``ray_bench.py``);
 - ``secagg``: distributed DP through SecAgg+ beside plain FedAvg at 10 and 100 clients
   (``secure.py``): seconds and bytes per round.
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlatent.bench.central import central_seconds
+from fedlatent.bench.ray_bench import ray_throughput
 from fedlatent.bench.report import write_report
 from fedlatent.bench.secure import secagg_cost
 from fedlatent.bench.steps import dp_step_table
@@ -48,7 +51,7 @@ RECIPE = {
     "mode": "raw", "num-clients": 10, "public-fraction": 0.01, "classifier-arch": "tanh-cnn", "optimizer": "sgd",
     "momentum": 0.9, "lr": 4.0, "max-grad-norm": 0.1, "batch-size": 203, "rounds": 10, "local-epochs": 4,
 }  # fmt: skip
-PARTS = ("dp-step", "recipe", "fed-vs-central", "rounds", "secagg", "scale")
+PARTS = ("dp-step", "recipe", "ray-sweep", "fed-vs-central", "rounds", "secagg", "scale")
 
 
 @contextmanager
@@ -194,6 +197,8 @@ def run_bench(
     report: dict[str, Any] = {"dataset": dataset, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if "dp-step" in parts:
         report["dp_step"] = dp_step_table(echo=echo)
+    if "ray-sweep" in parts:  # clusters of its own, one SuperLink per point
+        report["ray_sweep"] = ray_throughput(out, echo=echo)
     federated: dict[str, Callable[[Bench], Any]] = {
         "recipe": lambda b: recipe(b, epsilon=epsilon),
         "fed_vs_central": lambda b: fed_vs_central(b, epsilon=epsilon),

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedlatent.bench import secure, steps
+from fedlatent.bench import ray_bench, secure, steps
 
 
 def _gib(n: float) -> str:
@@ -60,6 +60,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any], tuple[list[str], list[list[str]]]
                 steps.markdown_rows),
     "recipe": ("The fair raw DP baseline (Tramèr & Boneh's recipe per client; Fashion-MNIST, 1% public, 10 clients)",
                _recipe),
+    "ray_sweep": ("A sweep's points on a local Ray cluster (`fedlatent sweep --ray`)", ray_bench.markdown_rows),
     "fed_vs_central": ("Federated ÷ centralized (same model, data and epochs)", _fed_vs_central),
     "rounds": ("Rounds at 100 clients, a tenth sampled per round", _rounds),
     "secagg": ("SecAgg+ (distributed DP) beside plain FedAvg, same model and data", secure.markdown_rows),

@@ -64,6 +64,9 @@ def test_tables_and_figure(tmp_path: Path) -> None:
             {"mode": "raw", "epsilon": None, "federated_seconds": 12.0, "central_seconds": 10.0, "ratio": 1.2,
              "federated_accuracy": 0.9, "central_accuracy": 0.91, "bytes_uploaded_per_client": 2e6},
         ],
+        "recipe": {"epsilon": 2.9842, "rounds": 10, "accuracy": 0.7208, "wall_seconds": 290.8},
+        "ray_sweep": [{"nodes": n, "cpus_per_node": 1, "points": 8, "seconds": 400 / n, "points_per_hour": 72.0 * n}
+                      for n in (1, 2)],
         "rounds": [{"mode": "raw", "clients": 100, "seconds_per_round": 3.0, "peak_rss_bytes": 2**31,
                     "bytes_uploaded_per_client": 1e5}],
         "scale": [
@@ -75,6 +78,7 @@ def test_tables_and_figure(tmp_path: Path) -> None:
     text = markdown(report)
     assert "| image-mlp | 235,146 | 32 | 2.00 | 1.50 | **1.25** | 2.50 |" in text
     assert "| raw | ∞ | 12.0 | 10.0 | **1.20** |" in text
+    assert "| 2.984 | 10 | 0.7208 | 290.8 |" in text and "| 2 | 1 | 8 | 200 | 144 | 2.00 |" in text
     assert "| fashion-mnist | 100 | 2.0 | 20.0 | - |" in text and "| raw | 100 | 3.0 | 2.00 |" in text
     rows = marginal([dict(r) for r in report["scale"]])
     assert "marginal_seconds_per_message" not in rows[0]

@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
+from fedlatent.bench.ray_cluster import LocalRayCluster
 from fedlatent.bench.ray_sweep import _sees, task_of
 
 SWEEP = """
@@ -42,32 +41,10 @@ def test_a_node_sees_the_sweep_directory_only_with_the_right_token(tmp_path: Pat
     assert task_of(tmp_path, "p") is None
 
 
-def _ray(*args: str, env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", *args, "--disable-usage-stats"],
-                   check=True, env=env, capture_output=True, timeout=120)  # fmt: skip
-
-
 @pytest.fixture
 def two_node_cluster() -> Iterator[str]:
-    """A head and a second node, one CPU each, in a temp dir of their own (stopped by it, not `ray stop`,
-    which would also end every other Ray on the machine)."""
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    port = 20000 + os.getpid() % 20000
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    try:
-        _ray("--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp}", env=env)
-        _ray(f"--address=127.0.0.1:{port}", "--num-cpus=1", env=env)
-        yield f"127.0.0.1:{port}"
-    finally:
-        marks = (temp, f":{port} ")  # its processes: under its temp dir, or given its address (Ray's client server)
-        ours = [p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) + " "
-                                                                   for m in marks)]  # fmt: skip
-        for proc in ours:
-            for child in [*proc.children(recursive=True), proc]:
-                try:
-                    child.kill()
-                except psutil.NoSuchProcess:
-                    pass
+    with LocalRayCluster(nodes=2, cpus_per_node=1) as cluster:
+        yield cluster.address
 
 
 def _sweep(spec: Path, out: Path, address: str) -> subprocess.Popen[str]:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ def _from_disk(root: Path, key: tuple[str, ...], decode: Callable[[], Dataset]) 
                 x_train, y_train, x_test, y_test = arrays
                 return Dataset(meta["name"], x_train, y_train, x_test, y_test, num_classes=int(meta["num_classes"]))
     ds = decode()
-    tmp = root / f".{entry.name}.tmp{os.getpid()}"
+    tmp = root / f".{entry.name}.tmp{uuid.uuid4().hex}"  # unique across processes and machines (a shared cache)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for a in _ARRAYS:

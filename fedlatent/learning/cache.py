@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def cached_training(
             return float(entry["loss"]), True
     loss = train()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp = path.with_suffix(f".tmp{uuid.uuid4().hex}")  # unique across processes and machines (a shared cache)
     torch.save({"key": blob, "state": module.state_dict(), "loss": loss}, tmp)
     os.replace(tmp, path)  # atomic: a concurrent run reads the old state or the whole new one
     return loss, False

@@ -31,6 +31,7 @@ from fedlatent.learning.models import ImageClassifier, LatentClassifier
 from fedlatent.learning.seeding import seeded_init
 from fedlatent.learning.training import classification_losses, make_optimizer
 from fedlatent.privacy.clipping import METHODS, method_for
+from fedlatent.privacy.dp_sgd import set_noisy_grads
 
 SCATTER_DIM = 81 * 7 * 7  # ScatterNet (J = 2, L = 8) features of a 28 x 28 image: what its linear model sees
 
@@ -67,22 +68,21 @@ def _plain_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> Step:
 
 def _dp_step(clip: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> Step:
     params = [p for p in model.parameters() if p.requires_grad]
+    buffer = torch.zeros(sum(p.numel() for p in params))
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         sums, _ = clip(x, y)
-        for p, total in zip(params, sums, strict=True):
-            p.grad = (total + torch.normal(0.0, 1.0, size=p.shape)) / len(x)
+        set_noisy_grads(params, sums, std=1.0, expected=len(x), buffer=buffer, generator=None)
         optimizer.step()
 
     return step
 
 
 def _noise(model: nn.Module) -> Step:
-    params = [p for p in model.parameters() if p.requires_grad]
+    buffer = torch.zeros(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
     def draw(x: torch.Tensor, y: torch.Tensor) -> None:
-        for p in params:
-            torch.normal(0.0, 1.0, size=p.shape)
+        buffer.normal_(0.0, 1.0)
 
     return draw
 

@@ -28,7 +28,7 @@ from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 
-from fedlatent.privacy.book_keeping import RecordLossFn, bk_clipped_sum, supports
+from fedlatent.privacy.book_keeping import RecordLossFn, bk_clipped_sum, supports, weighted_layers
 from fedlatent.privacy.per_sample import clipped_grad_sum
 
 Clip = Callable[[torch.Tensor, torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]]
@@ -39,7 +39,8 @@ _OPACUS_PARAM_ATTRS = ("grad_sample", "summed_grad", "_norm_sample", "_forward_c
 @contextlib.contextmanager
 def book_keeping(model: nn.Module, loss_fn: RecordLossFn, max_grad_norm: float) -> Iterator[Clip]:
     """One forward and one backward pass per batch (``book_keeping.bk_clipped_sum``)."""
-    yield lambda x, y: bk_clipped_sum(model, x, y, record_loss_fn=loss_fn, max_grad_norm=max_grad_norm)
+    layers = weighted_layers(model)
+    yield lambda x, y: bk_clipped_sum(model, x, y, record_loss_fn=loss_fn, max_grad_norm=max_grad_norm, layers=layers)
 
 
 @contextlib.contextmanager

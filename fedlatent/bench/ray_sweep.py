@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fedlatent.bench.runner import point_dir, prepare, progress_line, write_atomic, write_point, write_spec
+from fedlatent.bench.runner import federated, point_dir, prepare, progress_line, write_atomic, write_point, write_spec
 from fedlatent.bench.sweep import Point, SweepSpec, points
 from fedlatent.config import ConfigError, RunConfig
 
@@ -81,9 +81,12 @@ def check_shared(out: Path) -> int:
 
 
 def run_point_task(
-    spec: SweepSpec, out: str, point: Point, cfg: RunConfig, cpus: int, verbose: bool, timeout: float
+    spec: SweepSpec, out: str, point: Point, cfg: RunConfig | None, cpus: int, verbose: bool, timeout: float
 ) -> dict:
-    """One point, run with ``cfg``, on a worker node (see module docstring); returns its ``point.json`` record."""
+    """One point on a worker node (see module docstring); returns its ``point.json`` record.
+
+    ``cfg`` None: the point's federation finished before (``runner.federated``); its attacks run.
+    """
     from fedlatent.attacks.run import run_attacks
     from fedlatent.launch.superlink import LocalSuperLink
     from fedlatent.runs import run_one
@@ -102,9 +105,12 @@ def run_point_task(
             if verbose or any(tag in line for tag in ("[ROUND", "fedlatent", "ERROR", "Error", "Traceback")):
                 write(line)
 
-        with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home:
-            with LocalSuperLink(flwr_home=Path(home)) as link:
-                results = run_one(link, cfg, verbose=verbose, timeout=timeout, cpus=cpus, echo=echo)
+        if cfg is None:
+            results = json.loads((where / "results.json").read_text())
+        else:
+            with tempfile.TemporaryDirectory(prefix="fedlatent-flwr-") as home:
+                with LocalSuperLink(flwr_home=Path(home)) as link:
+                    results = run_one(link, cfg, verbose=verbose, timeout=timeout, cpus=cpus, echo=echo)
         attacks = bool(spec.attacks) and not point.is_public_only
         done = run_attacks(where, only=spec.families, preset=spec.attacks, progress=write) if attacks else None
     return write_point(root, point, spec, results, seconds=time.monotonic() - began, has_attacks=bool(done))
@@ -132,8 +138,9 @@ def run_sweep_on_ray(
                   f"{nodes} Ray node(s), {cpus} CPU(s) each -> {out}")  # fmt: skip
         task = ray.remote(max_retries=0)(run_point_task).options(num_cpus=cpus)
         futures = {}
-        for p in remaining:
-            cfg = prepare(spec, out, p, run_config=run_config, resume_config=resume_config)
+        for p in remaining:  # cfg None: its federation finished before, only its attacks run
+            done_before = federated(out, p) is not None
+            cfg = None if done_before else prepare(spec, out, p, run_config=run_config, resume_config=resume_config)
             futures[task.remote(spec, str(out), p, cfg, cpus, verbose, timeout)] = p
         failed: dict[str, str] = {}
         start, seconds = time.monotonic(), []

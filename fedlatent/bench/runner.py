@@ -19,6 +19,7 @@ Why the points run in one process with one SuperLink: starting Flower costs seco
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -63,7 +64,7 @@ def point_config(spec: SweepSpec, out: Path, point: Point, *, run_config: Callab
 
 def _resumed(where: Path, resume_config: Callable[..., RunConfig] | None) -> RunConfig | None:
     """The config that resumes an interrupted point from its checkpoint, or None (then it is redone)."""
-    if resume_config is None or (where / "results.json").exists() or not (where / CHECKPOINT / "state.json").is_file():
+    if resume_config is None or not (where / CHECKPOINT / "state.json").is_file():
         return None
     try:
         cfg = resume_config(where, {})
@@ -72,6 +73,21 @@ def _resumed(where: Path, resume_config: Callable[..., RunConfig] | None) -> Run
         return None
     _log.info(f"sweep: {where.name} was interrupted; resuming it from its checkpoint")
     return cfg
+
+
+def federated(out: Path, point: Point) -> dict[str, Any] | None:
+    """The results of a point whose federation finished (its attacks did not), else None.
+
+    ``results.json`` is written whole and only by a finished run, so such a point keeps its
+    federation and only its attacks run again.
+    """
+    path = point_dir(out, point) / "results.json"
+    try:
+        results = dict(json.loads(path.read_text()))
+    except (OSError, ValueError):  # absent, or not this contract's (then the point is redone)
+        return None
+    _log.info(f"sweep: {point.id}: its federation finished before; running its attacks")
+    return results
 
 
 def prepare(
@@ -178,10 +194,10 @@ def run_sweep(
     try:
         for i, point in enumerate(remaining):
             began = time.monotonic()
-            cfg = prepare(spec, out, point, run_config=run_config, resume_config=resume_config)
             _log.info(f"sweep: [{len(skipped) + i + 1}/{len(todo)}] {point.id}")
             try:
-                results = run_point(cfg)
+                if (results := federated(out, point)) is None:
+                    results = run_point(prepare(spec, out, point, run_config=run_config, resume_config=resume_config))
             except KeyboardInterrupt:
                 _log.info(f"sweep: interrupted during {point.id}; rerun the same command to resume (it is redone)")
                 raise

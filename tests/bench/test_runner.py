@@ -45,7 +45,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_a_finished_point(tmp_path:
         calls.append(cfg.out_dir)
         if len(calls) == 2:  # Ctrl-C in the middle of the second point, after it wrote files
             (Path(cfg.out_dir)).mkdir(parents=True)
-            (Path(cfg.out_dir) / "results.json").write_text("{half")
+            (Path(cfg.out_dir) / "history.csv").write_text("round,acc")
             raise KeyboardInterrupt
         return fake_run(cfg)
 
@@ -60,6 +60,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_a_finished_point(tmp_path:
     assert done["skipped"] == 1 and first not in rerun and rerun[0] == second and len(rerun) == 4
     assert (Path(first) / "point.json").stat().st_mtime_ns == stamp
     assert json.loads((Path(second) / "results.json").read_text())["mode"]  # redone from scratch, whole
+    assert not (Path(second) / "history.csv").exists()
 
 
 def test_a_failing_point_is_recorded_the_rest_goes_on_and_a_rerun_retries_it(tmp_path: Path) -> None:
@@ -130,4 +131,8 @@ def test_attacks_run_beside_the_next_federation_and_a_failed_attack_leaves_its_p
     assert "attacks: RuntimeError: inverse net diverged" in next(iter(failed.values()))
     unfinished = [p for p in points(SPEC) if not is_finished(tmp_path, p)]
     assert len(unfinished) == 1 and (point_dir(tmp_path, unfinished[0]) / "results.json").is_file()
-    assert sweep(tmp_path)["failed"] == []  # a rerun redoes it, federation and attacks
+    federations: list[str] = []
+    again = run_sweep(SPEC, tmp_path, run_point=lambda cfg: (federations.append(cfg.out_dir), fake_run(cfg))[1],
+                      attack_point=lambda where, spec: fake_attacks(where, 0.1), run_config=run_config)  # fmt: skip
+    assert again["failed"] == [] and federations == []  # its federation stands: only its attacks ran again
+    assert is_finished(tmp_path, unfinished[0])

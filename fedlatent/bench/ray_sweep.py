@@ -48,6 +48,23 @@ def _sees(path: str, token: str) -> tuple[str, bool]:
         return socket.gethostname(), False
 
 
+def check_reachable(address: str, *, timeout: float = 10.0) -> None:
+    """Raise ``ConfigError`` unless ``host:port`` accepts a TCP connection (Ray itself retries for minutes).
+
+    Other addresses (``auto``, ``ray://...``) are left to Ray.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in address:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(
+            f"sweep --ray: no Ray cluster answers at {address} ({err}); start one with `ray start --head` "
+            "and give its address (HEAD_IP:6379)"
+        ) from err
+
+
 def check_shared(out: Path) -> int:
     """Raise ``ConfigError`` unless every alive node of the cluster reads ``out`` as this process does.
 
@@ -131,6 +148,7 @@ def run_sweep_on_ray(
     write_spec(out, spec, todo)
     remaining = [p for p in todo if not (point_dir(out, p) / "point.json").is_file()]
     skipped = len(todo) - len(remaining)
+    check_reachable(address)
     ray.init(address=address, log_to_driver=verbose, configure_logging=False)
     try:
         nodes = check_shared(out)

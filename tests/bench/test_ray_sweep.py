@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from fedlatent.bench.ray_cluster import LocalRayCluster
-from fedlatent.bench.ray_sweep import _sees, task_of
+from fedlatent.bench.ray_sweep import _sees, check_reachable, task_of
+from fedlatent.config import ConfigError
+from fedlatent.launch.processes import free_ports
 
 SWEEP = """
 [sweep]
@@ -39,6 +41,12 @@ def test_a_node_sees_the_sweep_directory_only_with_the_right_token(tmp_path: Pat
     assert _sees(str(probe), "abc")[1] and not _sees(str(probe), "abd")[1]
     assert not _sees(str(tmp_path / "absent"), "abc")[1]
     assert task_of(tmp_path, "p") is None
+
+
+def test_an_address_where_no_cluster_answers_is_refused_at_once() -> None:
+    with pytest.raises(ConfigError, match="no Ray cluster answers at 127.0.0.1:"):
+        check_reachable(f"127.0.0.1:{free_ports()[0]}", timeout=2.0)
+    check_reachable("auto")  # left to Ray
 
 
 @pytest.fixture

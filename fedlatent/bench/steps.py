@@ -119,7 +119,7 @@ def time_steps(
     median = {name: statistics.median(t) for name, t in times.items()}
     return {
         "model": model_name, "batch": batch, "params": sum(p.numel() for p in model.parameters()),
-        "chosen": method_for(model), "seconds": median,
+        "chosen": method_for(model, batch), "seconds": median,
         "ratio": {m: median[m] / median["plain"] for m in ("noise", *methods)},
     }  # fmt: skip
 

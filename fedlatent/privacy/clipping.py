@@ -6,10 +6,11 @@ of the records' gradients each clipped to L2 norm ``C`` with Opacus' factor
 ``min(1, C / (norm + 1e-6))``, and each record's loss. ``dp_sgd.dp_fit`` adds the noise.
 
 - ``book-keeping`` (``book_keeping.py``): one forward and one backward pass; Linear, Conv2d and
-  GroupNorm weights only. The default wherever it applies (``method_for``).
+  GroupNorm weights only. The default wherever it applies (``method_for``), but a convnet's
+  largest batches.
 - ``ghost``: Opacus' fast-gradient/ghost clipping (two backward passes); any model Opacus
   supports, e.g. the conv autoencoder's transposed convolutions.
-- ``vmap``: ``torch.func`` per-record gradients (``per_sample.py``), kept for comparison.
+- ``vmap``: ``torch.func`` per-record gradients (``per_sample.py``): a convnet's largest batches.
 
 Why a registry: ``fedlatent bench``'s ``dp_step`` part times every method on every model at the
 sweeps' batch sizes, and a test pins each to per-record gradients computed one by one; the
@@ -91,6 +92,19 @@ def ghost(model: nn.Module, loss_fn: RecordLossFn, max_grad_norm: float) -> Iter
 METHODS: dict[str, Clipper] = {"book-keeping": book_keeping, "ghost": ghost, "vmap": vmap}
 
 
-def method_for(model: nn.Module) -> str:
-    """The fastest exact method for ``model``: book-keeping where it applies, else Opacus' ghost clipping."""
-    return "book-keeping" if supports(model) else "ghost"
+# From this expected batch on, a convnet takes vmap: book-keeping materializes each convolution's
+# per-record weight gradient from its unfolded input, and at ~2,000 records that memory traffic
+# costs more than vmap's per-record gradients of these small convnets (measured at 203 and 2,028).
+LARGE_CONV_BATCH = 1024
+
+
+def method_for(model: nn.Module, batch_size: int | None = None) -> str:
+    """The fastest exact method for ``model`` at ``batch_size`` (docs/privacy.md has the timings).
+
+    Book-keeping where it applies, but vmap for a convnet from ``LARGE_CONV_BATCH`` records;
+    Opacus' ghost clipping for what book-keeping does not handle.
+    """
+    if not supports(model):
+        return "ghost"
+    convnet = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return "vmap" if convnet and batch_size is not None and batch_size >= LARGE_CONV_BATCH else "book-keeping"

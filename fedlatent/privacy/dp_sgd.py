@@ -99,7 +99,7 @@ def dp_fit(
     must be secret, ``plan.noise_generator``; not Opacus' ``secure_mode``) and
     divides by the expected batch size. ``optimizer`` (``adam``, or ``sgd`` with ``momentum``)
     then steps on it; ``method`` names the clipping of ``clipping.METHODS`` (default: the
-    fastest for ``model``, ``clipping.method_for``). Batches are Poisson samples at
+    fastest for ``model`` at ``batch_size``, ``clipping.method_for``). Batches are Poisson samples at
     ``sample_rate = min(1, batch_size / len(x))``, ``dp_steps(...)`` of them: give both to
     ``Ledger.record``. The mean loss is record-weighted over the last epoch's steps.
 
@@ -126,7 +126,7 @@ def dp_fit(
     totals: list[tuple[float, int]] = []
     model.train()
     try:
-        with METHODS[method or method_for(model)](model, record_loss_fn, max_grad_norm) as clip:
+        with METHODS[method or method_for(model, batch_size)](model, record_loss_fn, max_grad_norm) as clip:
             for xb, yb in loader:
                 if len(xb):
                     sums, losses = clip(xb, yb)

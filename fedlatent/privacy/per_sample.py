@@ -10,8 +10,8 @@ record's gradient through module hooks, and ghost clipping (norms from activatio
 gradients, then a second backward pass of the reweighted loss). For the small models fedlatent
 trains, ``torch.func.vmap`` over single records is the simplest exact way, and the one the
 issue's measurements started from: it materializes every record's gradient, which for the MLPs
-costs 20-100x a plain step (``fedlatent bench``), so ``clipping.method_for`` never picks it by
-default. It stays as a third, independent reference for the tests. Records are
+costs 20-100x a plain step (``fedlatent bench``); ``clipping.method_for`` picks it only for the
+convnets' largest batches, where it is the fastest. Records are
 processed in chunks so that a chunk's per-record gradients stay under ``max_floats`` floats
 (a batch of 2,048 records of a 235k-parameter MLP would otherwise hold 1.9 GB).
 """

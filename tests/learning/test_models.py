@@ -211,3 +211,7 @@ def test_every_model_fedlatent_trains_takes_book_keeping_but_the_conv_decoder():
     # clipping covers what it does not (the conv autoencoder's transposed convolutions).
     chosen = {name: method_for(build()) for name, (build, _) in OPACUS_MODELS.items()}
     assert chosen == {name: "ghost" if name == "ae-conv" else "book-keeping" for name in OPACUS_MODELS}
+    # ...but a convnet's largest batches take vmap, the MLPs never do.
+    large = {name: method_for(build(), 2028) for name, (build, _) in OPACUS_MODELS.items()}
+    assert {n for n, m in large.items() if m == "vmap"} == {"image-cnn", "tanh-cnn"}
+    assert large["ae-conv"] == "ghost" and method_for(OPACUS_MODELS["tanh-cnn"][0](), 1023) == "book-keeping"

@@ -152,6 +152,9 @@ def run_sweep_on_ray(
     ray.init(address=address, log_to_driver=verbose, configure_logging=False)
     try:
         nodes = check_shared(out)
+        most = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]), default=0.0)
+        if most < cpus:  # Ray would queue every task forever
+            raise ConfigError(f"sweep --ray-cpus {cpus}: no node of the cluster has that many CPUs (most: {most:g})")
         _log.info(f"sweep: {len(todo)} points, {skipped} already finished, {len(remaining)} to run on "
                   f"{nodes} Ray node(s), {cpus} CPU(s) each -> {out}")  # fmt: skip
         task = ray.remote(max_retries=0)(run_point_task).options(num_cpus=cpus)

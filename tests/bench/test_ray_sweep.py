@@ -55,9 +55,9 @@ def two_node_cluster() -> Iterator[str]:
         yield cluster.address
 
 
-def _sweep(spec: Path, out: Path, address: str) -> subprocess.Popen[str]:
+def _sweep(spec: Path, out: Path, address: str, cpus: int = 1) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "fedlatent.cli", "sweep", str(spec), "--out", str(out), "--ray", address,
-            "--ray-cpus", "1"]  # fmt: skip
+            "--ray-cpus", str(cpus)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
@@ -98,3 +98,7 @@ def test_points_run_on_two_nodes_and_a_killed_point_resumes(tmp_path: Path, two_
     state = json.loads((out / "points" / victim / "checkpoint" / "state.json").read_text())
     assert len(state["resumes"]) == 1  # it went on from its checkpoint, not from round 1
     assert (out / "report.md").is_file() and len(list(out.glob("points/*/point.json"))) == 4
+
+    proc = _sweep(spec, tmp_path / "greedy", two_node_cluster, cpus=2)  # more CPUs than any node has
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "no node of the cluster has that many CPUs (most: 1)" in log, log

@@ -129,6 +129,12 @@ def test_a_supernode_killed_mid_run_is_left_out_after_one_round_timeout(tmp_path
     trained = {(r["round"], r["metrics"]["partition-id"]) for r in rows if r["phase"] == "classifier"}
     assert {(1, 0), (1, 1), (1, 2)} <= trained and (3, 2) not in trained
     assert {(rnd, p) for rnd in (2, 3) for p in (0, 1)} <= trained  # the others trained every round
-    assert re.search(r"no reply from node\(s\) \[\d+\] within round-timeout=45s; left out", result.log)
-    # One round-timeout for the dead node, then rounds at the others' pace (each message a fresh process).
-    assert timeout <= after_kill < timeout + 120, after_kill
+    # Usually the dead node is named once its round-timeout passes; once in a while (seen in one CI run
+    # of ~15) Flower answers for it first with an error reply, rejected and logged: either way it is
+    # left out, and the run goes on.
+    silent = re.search(r"no reply from node\(s\) \[\d+\] within round-timeout=45s; left out", result.log)
+    rejected = re.search(r"rejected classifier reply from node \d+ in round [23]: client error", result.log)
+    assert silent or rejected, result.log[-4000:]
+    # At most one round-timeout for the dead node, then rounds at the others' pace (each a fresh process).
+    assert after_kill < timeout + 120, after_kill
+    assert after_kill >= timeout or not silent, after_kill

@@ -129,9 +129,9 @@ def test_a_supernode_killed_mid_run_is_left_out_after_one_round_timeout(tmp_path
     trained = {(r["round"], r["metrics"]["partition-id"]) for r in rows if r["phase"] == "classifier"}
     assert {(1, 0), (1, 1), (1, 2)} <= trained and (3, 2) not in trained
     assert {(rnd, p) for rnd in (2, 3) for p in (0, 1)} <= trained  # the others trained every round
-    # Usually the dead node is named once its round-timeout passes; once in a while (seen in one CI run
-    # of ~15) Flower answers for it first with an error reply, rejected and logged: either way it is
-    # left out, and the run goes on.
+    # The dead node is named once its round-timeout passes. One full-suite run (2026-12-07) lacked that
+    # line, its log not kept; the likeliest cause is Flower answering for the node first with an error
+    # reply, which is rejected and logged. Either way it is left out; on failure the log tail shows.
     silent = re.search(r"no reply from node\(s\) \[\d+\] within round-timeout=45s; left out", result.log)
     rejected = re.search(r"rejected classifier reply from node \d+ in round [23]: client error", result.log)
     assert silent or rejected, result.log[-4000:]

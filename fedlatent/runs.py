@@ -34,12 +34,18 @@ def app_dir() -> Path:
     return root
 
 
-def echo_lines(verbose: bool) -> Any:
-    """Progress printer: every line with --verbose, else rounds and fedlatent's own lines."""
+def echo_lines(verbose: bool, write: Callable[[str], None] | None = None) -> Any:
+    """Progress printer: every line with --verbose, else rounds and fedlatent's own lines.
+
+    ``write`` receives each kept line (default: stdout).
+    """
 
     def echo(line: str) -> None:
         if verbose or any(tag in line for tag in ("[ROUND", "fedlatent", "ERROR", "Error", "Traceback")):
-            print(line.rstrip(), flush=True)
+            if write is None:
+                print(line.rstrip(), flush=True)
+            else:
+                write(line)
 
     return echo
 

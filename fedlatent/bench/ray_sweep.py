@@ -106,7 +106,7 @@ def run_point_task(
     """
     from fedlatent.attacks.run import run_attacks
     from fedlatent.launch.superlink import LocalSuperLink
-    from fedlatent.runs import run_one
+    from fedlatent.runs import echo_lines, run_one
 
     began, root = time.monotonic(), Path(out)
     where, tasks = point_dir(root, point), root / "ray"
@@ -118,10 +118,7 @@ def run_point_task(
             log.write(line.rstrip() + "\n")
             log.flush()
 
-        def echo(line: str) -> None:  # Flower's output: what `fedlatent run` would show
-            if verbose or any(tag in line for tag in ("[ROUND", "fedlatent", "ERROR", "Error", "Traceback")):
-                write(line)
-
+        echo = echo_lines(verbose, write)  # Flower's output: what `fedlatent run` would show
         if cfg is None:
             results = json.loads((where / "results.json").read_text())
         else:

@@ -48,6 +48,18 @@ class FederationResult:
     seconds: float
 
 
+def simulation_config(num_supernodes: int, *, cpus_per_client: float = 1.0, cpus: int | None = None) -> str:
+    """The ``--federation-config`` argument of a simulation's ``flwr run``.
+
+    ``cpus_per_client``: CPUs Ray reserves per ClientApp (Flower 1.42 takes whole numbers only);
+    ``cpus``: CPUs of the simulation's own Ray instance (``init-args-num-cpus``; None: every core).
+    """
+    if num_supernodes < 1 or cpus_per_client < 1 or cpus_per_client != int(cpus_per_client):
+        raise ValueError("num_supernodes and cpus_per_client must be positive whole numbers")
+    federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={int(cpus_per_client)}"
+    return federation + (f" init-args-num-cpus={int(cpus)}" if cpus else "")
+
+
 def format_run_config(values: Mapping[str, ConfigValue]) -> str:
     """Format run-config overrides as the ``--run-config`` argument of ``flwr run``.
 

@@ -43,6 +43,7 @@ from fedlatent.launch.processes import (
     format_run_config,
     free_ports,
     log_tail,
+    simulation_config,
     stop_sessions,
     stream_command,
     tree_sessions,
@@ -90,10 +91,14 @@ class LocalSuperLink:
     ) -> None:
         if supernode_auth and tls is None:
             raise ValueError("SuperNode authentication needs TLS")
-        self.flwr_home, self.simulation = Path(flwr_home).resolve(), simulation
-        self.tls, self.supernode_auth, self.startup_timeout = tls, supernode_auth, startup_timeout
+        self.flwr_home = Path(flwr_home).resolve()
+        self.simulation = simulation
+        self.tls, self.supernode_auth = tls, supernode_auth
+        self.startup_timeout = startup_timeout
         self.workdir = Path(workdir or Path.cwd()).resolve()
-        self.log_file, self.env, self.port = self.flwr_home / "superlink.log", flower_env(self.flwr_home), 0
+        self.log_file = self.flwr_home / "superlink.log"
+        self.env = flower_env(self.flwr_home)
+        self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._guard: subprocess.Popen[bytes] | None = None
         # Sessions we own: the SuperLink's and SuperExec's (Flower detaches them with setsid, a process
@@ -226,10 +231,8 @@ class LocalSuperLink:
             Overrides of ``[tool.flwr.app.config]``; Flower refuses unknown keys.
         num_supernodes : int
             Number of simulated SuperNodes (clients).
-        cpus_per_client : float
-            CPUs Ray reserves per ClientApp; Flower 1.42 accepts whole numbers only.
-        cpus : int | None
-            CPUs of the simulation's own Ray instance (``init-args-num-cpus``); None: every core.
+        cpus_per_client, cpus : float, int | None
+            Ray's CPUs per ClientApp and in all (``processes.simulation_config``).
         timeout : float
             Seconds after which the run is stopped (``flwr stop``) and the call fails.
         echo : Callable[[str], None] | None
@@ -240,10 +243,7 @@ class LocalSuperLink:
         """
         if self._proc is None:
             raise RuntimeError("LocalSuperLink.run() must be called inside its `with` block")
-        if num_supernodes < 1 or cpus_per_client < 1 or cpus_per_client != int(cpus_per_client):
-            raise ValueError("num_supernodes and cpus_per_client must be positive whole numbers")
-        federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={int(cpus_per_client)}"
-        federation += f" init-args-num-cpus={int(cpus)}" if cpus else ""
+        federation = simulation_config(num_supernodes, cpus_per_client=cpus_per_client, cpus=cpus)
         return self.stream_run(
             app_dir, run_config=run_config, extra_args=["--federation-config", federation], timeout=timeout, echo=echo
         )

@@ -28,3 +28,14 @@ def test_sessions_of_a_tree_never_include_init_an_exiting_process_or_the_callers
 def test_init_is_never_a_member(monkeypatch, pid: int) -> None:
     monkeypatch.setattr(processes, "_process_table", lambda: [(pid, 0, 77, "S"), (78, 1, 77, "S")])
     assert processes.live_members({77}) == [78]
+
+
+def test_the_simulation_config_caps_the_simulations_own_ray_only_when_asked() -> None:
+    from fedlatent.launch.processes import simulation_config
+
+    assert simulation_config(3) == "num-supernodes=3 client-resources-num-cpus=1"
+    assert simulation_config(3, cpus_per_client=2, cpus=4) == (
+        "num-supernodes=3 client-resources-num-cpus=2 init-args-num-cpus=4"
+    )
+    with pytest.raises(ValueError, match="positive whole numbers"):
+        simulation_config(2, cpus_per_client=1.5)

@@ -200,9 +200,10 @@ def gradient_inversion(
     loss: Literal["cosine", "l2"] = "cosine",
     inverse_epochs: int = 100,
     local_steps: int = 0,
+    first: int = 0,
     seed: int = 0,
 ) -> GradientInversion:
-    """Invert the first ``max_uploads`` classifier uploads of the run.
+    """Invert ``max_uploads`` classifier uploads of the run, from the ``first`` (0-based) on.
 
     Each upload's pseudo-gradient ``start - weights`` is matched at the ``start`` weights by
     ``invert_gradient`` (see the module docstring for why this is the hard case). Image
@@ -213,8 +214,9 @@ def gradient_inversion(
     ----------
     view : AttackerView
         The server's view; the only data source.
-    max_uploads : int
-        How many uploads to attack (in the view's order: by round, then partition).
+    max_uploads, first : int
+        How many uploads to attack, skipping the ``first`` ones (in the view's order: by round,
+        then partition); the runner attacks the first few to choose a variant, then the next.
     num_inputs : int
         How many records the attack assumes behind each update.
     steps, lr, tv, loss
@@ -229,18 +231,21 @@ def gradient_inversion(
         Seeds every random start and the inverse network.
     """
     cfg = view.cfg
-    uploads = [u for u in view.uploads if u.phase == "classifier" and u.start is not None][:max_uploads]
+    every = [u for u in view.uploads if u.phase == "classifier" and u.start is not None]
+    uploads = every[first : first + max_uploads]
     if not uploads and cfg.secagg:
         raise NotApplicable(
             "secure aggregation: the server holds only each round's sum over the clients' shares (a DP-SGD "
             f"step over ~{cfg.batch_size} records), never one client's update; no per-client upload to invert"
         )
     if not uploads:
-        raise NotApplicable(f"no classifier weight uploads to invert (mode {cfg.mode})")
+        left = f" after the first {first}" if every else ""
+        raise NotApplicable(f"no classifier weight uploads to invert{left} (mode {cfg.mode}, {len(every)} in all)")
     latent = cfg.is_latent
     input_shape: tuple[int, ...] = (cfg.feature_dim,) if latent else view.image_shape
     settings: dict[str, Any] = dict(max_uploads=max_uploads, num_inputs=num_inputs, steps=steps, lr=lr, loss=loss)
     settings.update(tv=0.0 if latent else tv, inverse_epochs=inverse_epochs, seed=seed, uploads_attacked=len(uploads))
+    settings["first_upload"] = first
     target = f"{local_steps} unrolled Adam steps" if local_steps else "pseudo-gradient start - weights"
     settings.update(target=target, local_steps=local_steps, inputs="latents" if latent else "images")
     out = GradientInversion(settings=settings)

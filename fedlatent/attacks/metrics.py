@@ -1,6 +1,7 @@
-"""Scores of attacks and models, from torchmetrics and scikit-learn (never hand-rolled).
+"""Scores of attacks and models, from torchmetrics and scikit-learn, and the standard SSIM.
 
-- ``psnr`` / ``ssim``: per-image reconstruction quality, images in [0, 1] (data range 1).
+- ``psnr`` / ``ssim``: per-image reconstruction quality, images in [0, 1] (data range 1);
+  ``ssim`` is Wang et al.'s valid-window SSIM (``attacks.ssim``, pinned to scikit-image).
 - ``mia_scores``: ROC AUC and TPR at fixed low FPRs of a membership score.
 - ``trivial_baselines``: what a reconstruction scores with no leakage at all — the aux
   mean image, and (when labels reach the server) the aux class-mean of the record's label.
@@ -12,21 +13,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import peak_signal_noise_ratio
+
+from fedlatent.attacks.ssim import as_images, ssim, ssim_matrix
+
+__all__ = ["psnr", "ssim", "ssim_matrix", "mia_scores", "trivial_baselines", "aux_class_means", "summarize"]
 
 FPR_LEVELS = (0.01, 0.001)
 
 
-def _tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    if isinstance(x, np.ndarray):  # copy: broadcast views are read-only
-        return torch.from_numpy(np.array(x, dtype=np.float32))
-    return x.detach().float().cpu()
-
-
 def _pair(recon: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    r = _tensor(recon).clamp(0.0, 1.0)
-    t = _tensor(target)
-    if r.shape != t.shape or r.ndim != 4:
+    r = as_images(recon).clamp(0.0, 1.0)
+    t = as_images(target)
+    if r.shape != t.shape:
         raise ValueError(f"need two (n, C, H, W) batches of the same shape, got {tuple(r.shape)} and {tuple(t.shape)}")
     return r, t
 
@@ -36,30 +35,6 @@ def psnr(recon: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) ->
     r, t = _pair(recon, target)
     out = peak_signal_noise_ratio(r, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
     return out.numpy().astype(np.float64)
-
-
-SSIM_CHUNK = 2048  # images per torchmetrics call (bounded memory, identical values)
-
-
-def ssim(recon: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> np.ndarray:
-    """SSIM of each reconstruction against its target (images in [0, 1]).
-
-    The Gaussian window is the usual 11 px (sigma 1.5) on 28x28 images; on smaller images
-    (8x8 digits) it shrinks to the largest odd size that fits, with sigma scaled alike.
-    Computed in chunks of ``SSIM_CHUNK`` images: torchmetrics holds ~350 KB of temporaries per
-    28x28 image, so the 59,400 latents of a Fashion-MNIST release took 20 GB at once.
-    """
-    r, t = _pair(recon, target)
-    side = min(r.shape[-2:])
-    k = min(11, side if side % 2 else side - 1)
-    parts = []
-    for i in range(0, len(r), SSIM_CHUNK):
-        out = structural_similarity_index_measure(
-            r[i : i + SSIM_CHUNK], t[i : i + SSIM_CHUNK], data_range=1.0, kernel_size=k, sigma=1.5 * k / 11,
-            reduction="none",
-        )  # fmt: skip
-        parts.append(torch.as_tensor(out).reshape(-1))
-    return torch.cat(parts).numpy().astype(np.float64) if parts else np.zeros(0)
 
 
 def mia_scores(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> dict[str, float]:

@@ -11,20 +11,34 @@ from typing import Any
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "latent-inversion": {"epochs": 100, "shadow_epochs": 50},
-        "gradient-inversion": {"max_uploads": 3, "num_inputs": 1, "steps": 300, "local_steps": 5},
+        "gradient-inversion": {"max_uploads": 3, "select_uploads": 2, "num_inputs": 1, "steps": 300, "local_steps": 5},
         "membership": {"candidates": 2000, "num_shadows": 4},
         "model-inversion": {"steps": 300, "inverse_epochs": 100},
     },
     # ~5x less training of the inverse/shadow networks than "full": for 2-core machines.
     "standard": {
         "latent-inversion": {"epochs": 20, "shadow_epochs": 10, "noise_draws": 2},
-        "gradient-inversion": {"max_uploads": 3, "num_inputs": 1, "steps": 300, "inverse_epochs": 20, "local_steps": 5},
+        "gradient-inversion": {
+            "max_uploads": 3,
+            "select_uploads": 2,
+            "num_inputs": 1,
+            "steps": 300,
+            "inverse_epochs": 20,
+            "local_steps": 5,
+        },
         "membership": {"candidates": 2000, "num_shadows": 4},
         "model-inversion": {"steps": 300, "inverse_epochs": 20, "shadow_epochs": 10},
     },
     "quick": {
         "latent-inversion": {"epochs": 15, "shadow_epochs": 5, "noise_draws": 1, "max_records": 2000},
-        "gradient-inversion": {"max_uploads": 1, "num_inputs": 1, "steps": 40, "inverse_epochs": 10, "local_steps": 3},
+        "gradient-inversion": {
+            "max_uploads": 1,
+            "select_uploads": 1,
+            "num_inputs": 1,
+            "steps": 40,
+            "inverse_epochs": 10,
+            "local_steps": 3,
+        },
         "membership": {"candidates": 200, "num_shadows": 2, "epochs": 3},
         "model-inversion": {"steps": 40, "inverse_epochs": 10},
     },

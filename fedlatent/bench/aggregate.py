@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedlatent.bench.compare import attack_columns
+from fedlatent.bench.attack_columns import attack_columns
 
 METRICS: tuple[str, ...] = ("accuracy", "lift", "bar", "epsilon", "epsilon_local", "inversion_ssim")
-METRICS += ("inversion_leakage_ssim",)
+METRICS += ("inversion_leakage_ssim", "individual_leakage_ssim")
 METRICS += ("mia_auc", "mia_tpr_at_0.001_fpr", "wall_seconds", "bytes_uploaded")
 GROUP_IGNORES = ("seed", "out-dir", "cache-dir", "client-state-dir", "resume", "overwrite")
 
@@ -108,6 +108,8 @@ def summarize(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS) 
         summary: dict[str, Any] = {k: v for k, v in key}
         summary["seeds"] = sorted(int(r["seed"]) for r in members)
         summary["points"] = [r["point"] for r in members]
+        kinds = {r.get("leak_kind") for r in members} - {None}  # "individual" if any seed's stranger test says so
+        summary["leak_kind"] = "individual" if "individual" in kinds else (kinds.pop() if kinds else None)
         for m in metrics:
             values = [x for r in members if (x := _number(r.get(m))) is not None]
             summary[f"{m}_mean"] = statistics.fmean(values) if values else None

@@ -55,6 +55,12 @@ def _worst(rows: Sequence[dict[str, Any]], key: str) -> float | None:
     return max(values) if values else None
 
 
+def _kind(rows: Sequence[dict[str, Any]]) -> str | None:
+    """ "individual" when the stranger test's interval lay above 0 for any row, else its other verdict."""
+    kinds = {r.get("leak_kind") for r in rows} - {None}
+    return "individual" if "individual" in kinds else (kinds.pop() if kinds else None)
+
+
 def _leak_sentence(rows: Sequence[dict[str, Any]]) -> str:
     raw = [r for r in rows if r["mode"] == "raw"]
     latent = [r for r in rows if r["mode"] in LATENT]
@@ -67,11 +73,14 @@ def _leak_sentence(rows: Sequence[dict[str, Any]]) -> str:
         r, lt = max(raw_leak, 0.0), max(lat_leak, 0.0)
         verdict = "less than" if lt < r else ("as little as" if lt == r == 0.0 else "at least as much as")
         parts.append(
-            f"reconstruction: the latents leaked {verdict} raw (worst SSIM beyond the trivial baselines "
+            f"reconstruction: the latents leaked {verdict} raw (worst SSIM beyond the best trivial baseline "
             f"{lat_leak:+.3f} vs {raw_leak:+.3f}"
             + ("; neither attack beat its free baselines, which says the attacks are weak, not that the data is safe)"
                if lt == r == 0.0 else ")")
         )  # fmt: skip
+    lat_kind, raw_kind = _kind(latent), _kind(raw)
+    if lat_kind or raw_kind:  # a leak is "individual" only when the stranger test's interval excludes 0
+        parts.append(f"what leaked is {lat_kind or 'untested'} for the latents and {raw_kind or 'untested'} for raw")
     if raw_mia is not None and lat_mia is not None:
         verdict = "lower" if lat_mia < raw_mia else "not lower"
         parts.append(f"membership: the latents' worst AUC is {verdict} than raw's ({lat_mia:.3f} vs {raw_mia:.3f})")

@@ -4,7 +4,8 @@ Claim 1, "latents keep most of the accuracy": in each setting and at each ε, th
 mode against ``raw`` (kept when it is at most 2 points below), and every mode against the
 public-only bar (worth its privacy cost only with a lift beyond the seeds' spread).
 Claim 2, "latents make reconstructing the images harder": the best inversion's SSIM beyond its
-trivial baselines (``inversion_leakage_ssim``) of each latent mode against ``raw``.
+strongest trivial baseline (``inversion_leakage_ssim``) of each latent mode against ``raw``, and
+whether what leaked is individual (the stranger test's interval above 0) or class-typical.
 
 The verdicts are mechanical (thresholds above; a leakage below 0 counts as 0) so that a report never words a result more
 kindly than its numbers; where a comparison lacks a side, the sentence says so.
@@ -86,6 +87,9 @@ def conclusions(summary: Sequence[dict[str, Any]]) -> list[str]:
             out.append(
                 f"{_where(key)} — claim 2 {verdict} for {s['mode']}: inversion leakage SSIM "
                 f"{mean_std(s, 'inversion_leakage_ssim', digits=3)} vs raw "
-                f"{mean_std(raw, 'inversion_leakage_ssim', digits=3)} (beyond the trivial baselines)."
+                f"{mean_std(raw, 'inversion_leakage_ssim', digits=3)} (beyond the best trivial baseline); "
+                f"what leaked is {s.get('leak_kind') or 'untested'} for {s['mode']} and "
+                f"{raw.get('leak_kind') or 'untested'} for raw (individual only where the stranger test's 95% "
+                "interval excludes 0)."
             )
     return out or ["No federated point finished: nothing to conclude."]

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedlatent.bench.attack_columns import INVERSION_DETAIL, attack_columns
+
 COLUMNS = (
     "mode",
     "encoder",
@@ -29,6 +31,7 @@ COLUMNS = (
     "wall_seconds",
     "inversion_ssim",
     "inversion_leakage_ssim",
+    *INVERSION_DETAIL,
     "mia_auc",
     "mia_tpr_at_0.001_fpr",
 )
@@ -46,31 +49,6 @@ def rows_of(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def attack_columns(path: Path) -> dict[str, float | None]:
-    """The worst case over a run's attacks (``attacks.json``): best inversion SSIM, best MIA AUC."""
-    cols: dict[str, float | None] = dict.fromkeys(("inversion_ssim", "inversion_leakage_ssim", "mia_auc"))
-    cols["mia_tpr_at_0.001_fpr"] = None
-    if not path.is_file():
-        return cols
-    attacks = json.loads(path.read_text())["attacks"]
-    inversions = [
-        a for name, a in attacks.items() if name.endswith("inversion") and a.get("status") == "done" and a.get("ssim")
-    ]
-    if inversions:
-        worst = max(inversions, key=lambda a: a.get("leakage_ssim", a["ssim"]))
-        cols["inversion_ssim"], cols["inversion_leakage_ssim"] = worst["ssim"], worst.get("leakage_ssim")
-    if attacks.get("membership", {}).get("status") == "done":
-        cols["mia_auc"] = attacks["membership"]["auc"]
-        # The worst case over the membership attacks (older attacks.json keep it per attack only).
-        tprs = [
-            v["tpr_at_0.001_fpr"]
-            for v in attacks["membership"].values()
-            if isinstance(v, dict) and "tpr_at_0.001_fpr" in v
-        ]
-        cols["mia_tpr_at_0.001_fpr"] = attacks["membership"].get("tpr_at_0.001_fpr", max(tprs, default=None))
-    return cols
-
-
 def pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
     """(non-private, DP) rows of each mode, in first-seen order."""
     out: dict[tuple[str, str | None], list[dict[str, Any] | None]] = {}
@@ -83,6 +61,13 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, dict[
 def _score(row: dict[str, Any] | None, key: str, *, signed: bool = False) -> str:
     value = None if row is None else row.get(key)
     return "-" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
+
+
+def _leak(row: dict[str, Any] | None) -> str:
+    """Leakage beyond the best baseline, and whether the stranger test found it individual."""
+    text = _score(row, "inversion_leakage_ssim", signed=True)
+    kind = None if row is None else row.get("leak_kind")
+    return text if kind is None else f"{text} {kind}"
 
 
 def _mia(row: dict[str, Any] | None) -> str:
@@ -152,9 +137,9 @@ def summarize(
         main = dp or first  # the privacy claim (and attacks) of the DP run when there is one
         runs = [r for r in (plain, dp) if r is not None]
         cells.append(str(main["end_to_end_dp"]).lower())
-        if attacked:  # leakage = SSIM beyond the best trivial baseline; both runs of the mode
+        if attacked:  # leakage = SSIM beyond the best trivial baseline, and its kind; both runs of the mode
             sides = (plain, dp) if dp_name else (main,)
-            cells.append(" / ".join(_score(r, "inversion_leakage_ssim", signed=True) for r in sides))
+            cells.append(" / ".join(_leak(r) for r in sides))
             cells.append(" / ".join(_mia(r) for r in sides))
         cells += [
             _mb(first["bytes_uploaded"]),

@@ -47,8 +47,35 @@ EPSILON_MEANING = [
 ]
 
 
+def _interval(row: dict[str, Any], low: str, high: str) -> str:
+    lo, hi = row.get(low), row.get(high)
+    return "" if lo is None or hi is None else f" [{lo:+.3f}, {hi:+.3f}]"
+
+
+def _leak_cells(s: dict[str, Any], points: Sequence[dict[str, Any]]) -> list[str]:
+    """Leakage beyond the best baseline and individual leakage: with the 95% interval of a single
+    point (one seed), else the mean ± std over seeds; the winning baseline and the leak's kind."""
+    if len(points) == 1:
+        r = points[0]
+        leak = _fmt(r.get("inversion_leakage_ssim")) + _interval(r, "inversion_leakage_low", "inversion_leakage_high")
+        leak += f" n={r['inversion_n']}" if r.get("inversion_n") else ""
+        ind = _fmt(r.get("individual_leakage_ssim")) + _interval(r, "individual_low", "individual_high")
+    else:
+        leak = mean_std(s, "inversion_leakage_ssim", digits=3)
+        ind = mean_std(s, "individual_leakage_ssim", digits=3)
+    baselines = "/".join(sorted({str(p.get("inversion_baseline")) for p in points if p.get("inversion_baseline")}))
+    kinds = {p.get("leak_kind") for p in points} - {None}
+    kind = "individual" if "individual" in kinds else "/".join(sorted(kinds))
+    return [leak, baselines or "-", ind, kind or "-"]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
 def _table_rows(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[list[str]]:
     e2e = {r["point"]: r.get("end_to_end_dp") for r in rows}
+    by_point = {r["point"]: r for r in rows}
     out = []
     order = {m: i for i, m in enumerate(("public-only", *MODES))}
     for s in sorted(summary, key=lambda s: (_setting_text(s), _eps(s), order.get(s["mode"], 9))):
@@ -62,7 +89,7 @@ def _table_rows(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]
                 mean_std(s, "epsilon", digits=3),
                 mean_std(s, "epsilon_local", digits=3),
                 "/".join(sorted({str(e2e.get(p)).lower() for p in s["points"]})),
-                mean_std(s, "inversion_leakage_ssim", digits=3),
+                *_leak_cells(s, [by_point[p] for p in s["points"] if p in by_point]),
                 mean_std(s, "mia_auc", digits=3),
                 mean_std(s, "mia_tpr_at_0.001_fpr", scale=100, digits=2),
                 str(len(s["seeds"])),
@@ -72,7 +99,8 @@ def _table_rows(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]
 
 
 HEADER = ["setting", "mode", "target ε", "accuracy", "lift (points)", "ε spent", "ε if SecAgg broken", "end-to-end DP"]
-HEADER += ["inversion leakage SSIM", "MIA AUC", "MIA TPR at 0.1% FPR (%)", "seeds"]
+HEADER += ["inversion leakage SSIM (95% CI)", "best baseline", "individual leakage SSIM (95% CI)", "leak"]
+HEADER += ["MIA AUC", "MIA TPR at 0.1% FPR (%)", "seeds"]
 
 
 def _eps_text(eps: float) -> str:

@@ -49,7 +49,20 @@ def fake_attacks(run_dir: Path, leakage: float) -> dict[str, Any]:
     """Write an ``attacks.json`` with one inversion and a membership AUC."""
     report = {
         "attacks": {
-            "latent-inversion": {"status": "done", "ssim": 0.5 + leakage, "leakage_ssim": leakage},
+            "latent-inversion": {
+                "status": "done",
+                "ssim": 0.5 + leakage,
+                "leakage_ssim": leakage,
+                "leakage_baseline": "aux_class_mean",
+                "leakage_interval": [leakage - 0.01, leakage + 0.01],
+                "leakage_n": 100,
+                "individual": {  # a leak above 0.1 is individual here, the rest class-typical
+                    "individual_ssim": leakage / 2,
+                    "individual_interval": [leakage / 2 - 0.05, leakage / 2 + 0.05],
+                    "individual_n": 100,
+                    "kind": "individual" if leakage > 0.1 else "class-typical",
+                },
+            },
             "membership": {"status": "done", "auc": 0.5 + leakage, "tpr_at_0.001_fpr": 0.002},
         }
     }

@@ -65,8 +65,31 @@ def test_attack_columns_take_the_worst_case_of_each_run(tmp_path: Path, capsys: 
     run = tmp_path / "run"
     run.mkdir()
     attacks = {
-        "latent-inversion": {"status": "done", "ssim": 0.41, "leakage_ssim": 0.05},
-        "gradient-inversion": {"status": "done", "ssim": 0.30, "leakage_ssim": 0.12},
+        "latent-inversion": {
+            "status": "done",
+            "ssim": 0.41,
+            "leakage_ssim": 0.05,
+            "individual": {
+                "individual_ssim": 0.04,
+                "individual_interval": [0.01, 0.07],
+                "individual_n": 50,
+                "kind": "individual",
+            },
+        },
+        "gradient-inversion": {
+            "status": "done",
+            "ssim": 0.30,
+            "leakage_ssim": 0.12,
+            "leakage_baseline": "nearest_public",
+            "leakage_interval": [0.09, 0.15],
+            "leakage_n": 24,
+            "individual": {
+                "individual_ssim": 0.06,
+                "individual_interval": [-0.02, 0.14],
+                "individual_n": 10,
+                "kind": "class-typical",
+            },
+        },
         "model-inversion": {"status": "not-applicable", "reason": "x"},
         "membership": {"status": "done", "auc": 0.53},
     }
@@ -74,9 +97,19 @@ def test_attack_columns_take_the_worst_case_of_each_run(tmp_path: Path, capsys: 
     attacked = {**result("latent-share", 0.9, None, None), "config": {"epsilon": "inf", "out-dir": str(run)}}
     rows = summarize([attacked, result("raw", 0.93, None, None)], tmp_path / "cmp")
     assert (rows[0]["inversion_ssim"], rows[0]["inversion_leakage_ssim"], rows[0]["mia_auc"]) == (0.30, 0.12, 0.53)
-    assert rows[1]["mia_auc"] is None
+    row = rows[0]
+    assert (row["inversion_family"], row["inversion_baseline"], row["inversion_n"]) == (
+        "gradient-inversion",
+        "nearest_public",
+        24,
+    )
+    assert (row["inversion_leakage_low"], row["inversion_leakage_high"]) == (0.09, 0.15)
+    # The individual columns come from the strongest stranger test (latent inversion's, low end 0.01).
+    assert (row["individual_leakage_ssim"], row["individual_low"], row["leak_kind"]) == (0.04, 0.01, "individual")
+    assert rows[1]["mia_auc"] is None and rows[1]["leak_kind"] is None
     out = capsys.readouterr().out
-    assert "MIA AUC" in out and "+0.120" in out and "0.530" in out
+    assert "MIA AUC" in out and "+0.120 individual" in out and "0.530" in out
+    assert "leak_kind" in (tmp_path / "cmp" / "compare.csv").read_text().splitlines()[0]
 
 
 def test_a_distributed_run_shows_the_servers_epsilon_and_the_local_one(

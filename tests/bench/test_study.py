@@ -56,6 +56,8 @@ def test_conclusions_state_each_claim_with_its_numbers(tmp_path: Path) -> None:
     plain = [s for s in said if "public-fraction 0.01" in s and "no DP" in s]
     assert any("claim 1 holds" in s and "(-2.0 points)" in s for s in plain)
     assert any("claim 2 holds for latent-share" in s for s in plain)
+    # raw's fake leak (0.2) is individual, the latents' (0.01) class-typical: the sentence says which.
+    assert any("what leaked is class-typical for latent-share and individual for raw" in s for s in plain)
     # raw without DP: 0.80 + 0.01 seed against the bar 0.70 + 0.01 seed: +10 points on both seeds
     assert any("lift over public-only" in s and "raw 10.0 ± 0.0" in s for s in plain)
 

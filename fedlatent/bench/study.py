@@ -64,7 +64,7 @@ def _leak_cells(s: dict[str, Any], points: Sequence[dict[str, Any]]) -> list[str
         leak = mean_std(s, "inversion_leakage_ssim", digits=3)
         ind = mean_std(s, "individual_leakage_ssim", digits=3)
     baselines = "/".join(sorted({str(p.get("inversion_baseline")) for p in points if p.get("inversion_baseline")}))
-    kinds = {p.get("leak_kind") for p in points} - {None}
+    kinds = {str(p["leak_kind"]) for p in points if p.get("leak_kind")}
     kind = "individual" if "individual" in kinds else "/".join(sorted(kinds))
     return [leak, baselines or "-", ind, kind or "-"]
 

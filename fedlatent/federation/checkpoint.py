@@ -32,10 +32,11 @@ from flwr.app import ArrayRecord
 
 from fedlatent.config import ConfigError, RunConfig
 from fedlatent.federation import payloads as P
+from fedlatent.federation.privacy_log import PrivacyLog
 from fedlatent.federation.report import RunRecord
 from fedlatent.federation.rundir import CHECKPOINT, write_json_atomic
 from fedlatent.federation.server_view import ServerView
-from fedlatent.federation.strategy import PrivacyLog, Traffic
+from fedlatent.federation.strategy import Traffic
 from fedlatent.jsonable import jsonable
 
 FORMAT = 1
@@ -68,8 +69,8 @@ class Checkpoint:
         record.seconds = dict(s["seconds"])
         p = s["privacy"]
         record.privacy = PrivacyLog(
-            epsilon={int(k): v for k, v in p["epsilon"].items()},
-            noise_multiplier={int(k): v for k, v in p["noise_multiplier"].items()},
+            known={int(k): list(v) for k, v in p["known"].items()},
+            possible={int(k): list(v) for k, v in p["possible"].items()},
             refusals=list(p["refusals"]),
             client_level=p["client_level"],
         )

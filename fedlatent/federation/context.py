@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
 from fedlatent.federation.checkpoint import Checkpoint, Checkpointer
+from fedlatent.federation.contract import Contract
 from fedlatent.federation.report import RunRecord
 from fedlatent.federation.server_view import ServerView
 from fedlatent.federation.strategy import Inbox, Traffic
@@ -38,7 +39,7 @@ class RunContext:
     view: ServerView
     traffic: Traffic
     record: RunRecord
-    contract: P.Contract
+    contract: Contract
     checkpoint: Checkpointer
     resumed: Checkpoint | None = None  # the checkpoint this run continues, if any
     silent: set[int] = field(default_factory=set)  # nodes that missed a deadline: left out from then on
@@ -56,13 +57,13 @@ class RunContext:
         return config
 
 
-def make_contract(cfg: RunConfig, plan: DataPlan) -> P.Contract:
+def make_contract(cfg: RunConfig, plan: DataPlan) -> Contract:
     """The run's reply contract from what the server knows: partition sizes, budget, DP phases."""
     dp_phases = {P.PHASE_ENCODER} if cfg.encoder_dp else set()
     labels = cfg.mode == "latent-share" and math.isfinite(cfg.label_epsilon)
     if cfg.dp:
         dp_phases.add("share-latents" if cfg.mode == "latent-share" else P.PHASE_CLASSIFIER)
-    return P.Contract(
+    return Contract(
         sizes=tuple(len(c) for c in plan.client_idx),
         test_size=len(plan.dataset.y_test),
         num_classes=plan.dataset.num_classes,

@@ -174,13 +174,19 @@ def collect_latents(run: RunContext, encoder: Encoder | None) -> tuple[torch.Ten
         content = RecordDict({P.CONFIG: ConfigRecord()})
         if encoder is not None:
             content[P.ARRAYS] = P.module_to_arrays(encoder)
+        dp, answered = "share-latents" in run.contract.dp_phases, set()
         for msg in broadcast(run, P.Q_SHARE_LATENTS, content):
             checked = run.inbox.accept(msg, phase="share-latents", rnd=0)
-            if checked is None or run.record.privacy.note(msg, pid=checked[0], phase="share-latents", rnd=0):
+            if checked is None:
+                continue
+            answered.add(checked[0])
+            if run.record.privacy.note(msg, pid=checked[0], phase="share-latents", rnd=0, dp=dp):
                 continue
             pid, arrays = checked
             view.latents(pid, arrays["latents"], arrays["labels"])
             pooled[pid] = (torch.from_numpy(arrays["latents"]), torch.from_numpy(arrays["labels"]))
+        if dp:  # asked, no accepted answer: the client may have released all the same
+            run.record.privacy.missed(run.contract.unanswered(list(run.nodes), answered), "share-latents")
         floor = client_floor(cfg.min_clients, len(run.nodes))
         if len(pooled) < floor:
             raise RoundFailed(f"share-latents: {len(pooled)} client(s) shared valid latents, below min-clients={floor}")

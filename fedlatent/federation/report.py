@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +21,9 @@ import numpy as np
 
 from fedlatent import __version__
 from fedlatent.config import RunConfig
+from fedlatent.federation.privacy_log import PrivacyLog
 from fedlatent.federation.rundir import write_json_atomic
-from fedlatent.federation.strategy import PrivacyLog
+from fedlatent.federation.server_epsilon import ServerAccountant
 from fedlatent.jsonable import jsonable
 from fedlatent.plan import DataPlan
 from fedlatent.privacy.accounting import compose_epsilon
@@ -67,7 +68,7 @@ class RunRecord:
             "alpha": cfg.alpha if cfg.partition == "dirichlet" else None,
             "accuracy": self.accuracy,
             "accuracy_per_client": _str_keys(self.client_accuracy),
-            **privacy_summary(cfg, self.privacy),
+            **privacy_summary(cfg, self.privacy, [len(c) for c in self.plan.client_idx]),
             **(secure_privacy(cfg, self.plan, self.privacy.secure_rounds) if cfg.dp_mode == "distributed" else {}),
             "client_level_dp": client_level_summary(cfg, self.privacy),
             "bytes_uploaded": bytes_up,
@@ -110,8 +111,12 @@ def rejected_summary(rejected: list[dict[str, Any]]) -> dict[str, Any]:
     return {"total": len(rejected), "by_phase": by_phase, "by_reason": by_reason}
 
 
-def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
-    """The privacy fields of ``results.json``, with what they do and do not cover."""
+def privacy_summary(cfg: RunConfig, privacy: PrivacyLog, sizes: Sequence[int] = ()) -> dict[str, Any]:
+    """The privacy fields of ``results.json``, with what they do and do not cover.
+
+    Every ε and noise multiplier is the server's own (``server_epsilon``), from the plan and the
+    partitions' ``sizes``; distributed DP's come from ``secure_plan`` (merged over these).
+    """
     # Distributed latent-share sends noisy label counts inside the secure sum, never a label.
     labels_in_clear = cfg.mode == "latent-share" and cfg.label_epsilon == float("inf") and cfg.dp_mode == "local"
     if cfg.mode == "public-only":  # exactly zero, not "no DP": no private record was read
@@ -139,7 +144,9 @@ def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
             "refusals": [],
             "privacy_note": "No differential privacy in this run: epsilon is null and there is no formal guarantee.",
         }
-    per_client = {str(i): privacy.epsilon.get(i, 0.0) for i in range(cfg.num_clients)}
+    accountant = ServerAccountant(cfg, sizes) if cfg.dp_mode == "local" and sizes else None
+    published = accountant.published(privacy) if accountant else {}
+    per_client = {str(i): published.get(i, 0.0) for i in range(cfg.num_clients)}
     encoder_ok = cfg.mode == "raw" or cfg.encoder in ("public", "scatternet") or cfg.encoder_dp  # scatternet: no data
     end_to_end = encoder_ok and not labels_in_clear and not cfg.reproducible_noise
     notes = [
@@ -149,7 +156,9 @@ def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
             if cfg.mode == "latent-share"
             else "add/remove one record, DP-SGD"
         )
-        + f") per client, composed over every round it took part in, {cfg.accountant} accountant, delta={cfg.delta}."
+        + f") per client, composed over every round it took part in, {cfg.accountant} accountant, delta={cfg.delta}; "
+        "computed by the server from the plan and its own record of who took part (a round asked of a client "
+        "whose reply never came back counts as taken part), never taken from a reply."
     ]
     if cfg.encoder_dp:
         notes.append(
@@ -170,7 +179,10 @@ def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
             "reproducible-noise is set: the noise was drawn from the public seed, so anyone who knows the run's "
             "settings can recompute and subtract it. NO differential privacy holds, whatever epsilon says."
         )
-    noise = privacy.noise_multiplier
+    phase = "share-latents" if cfg.mode == "latent-share" else "classifier"
+    took_part = sorted(set(privacy.known) | set(privacy.possible))
+    noise = {pid: accountant.noise_multiplier(phase, pid) for pid in took_part} if accountant else {}
+    refusals = [{**r, "epsilon_spent": published.get(int(str(r["partition"])), 0.0)} for r in privacy.refusals]
     return {
         "epsilon": max(per_client.values()),
         "epsilon_per_client": per_client,
@@ -181,7 +193,7 @@ def privacy_summary(cfg: RunConfig, privacy: PrivacyLog) -> dict[str, Any]:
         "end_to_end_dp": end_to_end,
         "labels_in_clear": labels_in_clear,
         "noise_secret": not cfg.reproducible_noise,
-        "refusals": privacy.refusals,
+        "refusals": refusals,
         "privacy_note": " ".join(notes),
     }
 

@@ -28,6 +28,7 @@ from fedlatent.federation.report import RunRecord
 from fedlatent.federation.rounds import identify
 from fedlatent.federation.rundir import mark_failed, resume_directory, run_directory
 from fedlatent.federation.secure_rounds import distributed_phase, statistics_phase
+from fedlatent.federation.server_epsilon import ServerAccountant
 from fedlatent.federation.server_view import ServerView
 from fedlatent.federation.strategy import Traffic
 from fedlatent.jsonable import jsonable
@@ -88,9 +89,12 @@ def _run(grid: Grid, cfg: RunConfig, nodes: list[int], out: Path, flower: Contex
         out, run_key=resumed.run_key if resumed else uuid.uuid4().hex, cfg=cfg, record=record, traffic=traffic,
         view=view, elapsed=elapsed, resumed=resumed,
     )  # fmt: skip
+    contract = make_contract(cfg, plan)
+    if cfg.dp_mode == "local" and contract.dp_phases:  # every DP reply's privacy figures against the server's own
+        accountant = ServerAccountant(cfg, contract.sizes)
+        contract.claims = lambda pid, phase, values: accountant.check(pid, phase, values, record.privacy)
     run = RunContext(grid=grid, nodes=nodes, cfg=cfg, plan=plan, view=view, traffic=traffic, record=record,
-                     contract=make_contract(cfg, plan), checkpoint=checkpoint, resumed=resumed,
-                     flower=flower)  # fmt: skip
+                     contract=contract, checkpoint=checkpoint, resumed=resumed, flower=flower)  # fmt: skip
     try:
         _phases(run)
     finally:  # also when a round fails: the server view keeps what was received and rejected
@@ -103,8 +107,10 @@ def _run(grid: Grid, cfg: RunConfig, nodes: list[int], out: Path, flower: Contex
 def _phases(run: RunContext) -> None:
     """The run's phases, in order; the final model goes to the server view."""
     cfg, record, view = run.cfg, run.record, run.view
-    if cfg.fraction_train < 1 and cfg.mode != "public-only":
-        identify(run)  # seeded sampling draws partitions: the node -> partition binding first
+    if cfg.mode != "public-only":
+        # Bind every node to its partition before any data moves: seeded sampling draws partitions,
+        # and the server accounts every DP round it asks for to a partition.
+        identify(run)
 
     if cfg.mode == "public-only":  # the bar every federation must beat: no client is asked anything
         with record.timed("public-only"):

@@ -22,6 +22,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
 from fedlatent.federation import payloads as P
+from fedlatent.federation.contract import Contract
+from fedlatent.federation.privacy_log import PrivacyLog
 from fedlatent.federation.server_view import ServerView
 
 log = logging.getLogger("fedlatent")
@@ -42,31 +44,6 @@ class Traffic:
 
 
 @dataclass
-class PrivacyLog:
-    """What clients reported of their DP accounting: latest epsilon spent, noise, refusals."""
-
-    epsilon: dict[int, float] = field(default_factory=dict)
-    noise_multiplier: dict[int, float] = field(default_factory=dict)
-    refusals: list[dict[str, object]] = field(default_factory=list)
-    client_level: list[float] | None = None  # effective multiplier of each client-level DP release
-    secure_rounds: dict[int, list[int]] = field(default_factory=dict)  # distributed DP: round -> partitions summed
-
-    def note(self, msg: Message, *, pid: int, phase: str, rnd: int) -> bool:
-        """Keep the reply's privacy metrics; return True when the client refused the round."""
-        metrics = msg.content.metric_records[P.METRICS]
-        if "epsilon-spent" in metrics:
-            self.epsilon[pid] = P.metric(msg.content, "epsilon-spent")
-        if "noise-multiplier" in metrics:
-            self.noise_multiplier[pid] = P.metric(msg.content, "noise-multiplier")
-        if "refused" not in metrics:
-            return False
-        refusal = {"phase": phase, "round": rnd, "partition": pid, "epsilon_spent": self.epsilon.get(pid, 0.0)}
-        log.warning("partition %s refused %s round %s: its privacy budget would be exceeded", pid, phase, rnd)
-        self.refusals.append(refusal)
-        return True
-
-
-@dataclass
 class ClientEval:
     """Per-round, per-partition accuracy reported by clients in federated evaluation."""
 
@@ -77,7 +54,7 @@ class ClientEval:
 class Inbox:
     """Where every reply of a run goes through: the contract, the server view, the byte count."""
 
-    contract: P.Contract
+    contract: Contract
     view: ServerView
     traffic: Traffic
 
@@ -208,17 +185,23 @@ class RecordingFedAvg(FedAvg):
         """
         replies = list(replies)
         accepted: list[tuple[int, Message]] = []
-        refused = 0
+        refused, answered = 0, set()
+        dp = self.phase in self.inbox.contract.dp_phases
         for msg in replies:
             checked = self.inbox.accept(msg, phase=self.phase, rnd=server_round, weights=self.shapes)
             if checked is None:
                 continue
             pid, _ = checked
-            if self.privacy.note(msg, pid=pid, phase=self.phase, rnd=server_round):
+            answered.add(pid)
+            if self.privacy.note(msg, pid=pid, phase=self.phase, rnd=server_round, dp=dp):
                 refused += 1
                 continue
             self.inbox.view.received(self.phase, server_round, pid, P.arrays(msg.content))
             accepted.append((pid, msg))
+        if dp:  # asked, no accepted answer: the client may have trained all the same
+            self.privacy.missed(
+                self.inbox.contract.unanswered(self._sampled.get(server_round, []), answered), self.phase
+            )
         if len(accepted) + refused < self.min_clients:
             reasons = Counter(r["reason"][:200] for r in self.inbox.view.manifest["rejected"]
                               if r["phase"] == self.phase and r["round"] == server_round)  # fmt: skip

@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.app.metadata import Metadata
 
 from fedlatent.federation import payloads as P
+from fedlatent.federation.contract import Contract
 
 SHAPES = {"weight": (2, 3), "bias": (2,)}
 SIZES = (10, 30, 20, 20, 20, 20)
@@ -17,8 +18,8 @@ TEST = 50  # records of the test split: what an evaluation reply counts
 D, K = 4, 10
 
 
-def contract(sizes: tuple[int, ...] = SIZES, **kw: object) -> P.Contract:
-    return P.Contract(sizes=sizes, test_size=TEST, num_classes=K, latent_dim=D, **kw)  # type: ignore[arg-type]
+def contract(sizes: tuple[int, ...] = SIZES, **kw: object) -> Contract:
+    return Contract(sizes=sizes, test_size=TEST, num_classes=K, latent_dim=D, **kw)  # type: ignore[arg-type]
 
 
 def reply_from(node: int, content: RecordDict | None = None, error: Error | None = None) -> Message:

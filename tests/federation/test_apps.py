@@ -8,6 +8,7 @@ directory.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,13 @@ def test_dp_run_stays_within_budget(
     assert all(0 < e <= budget for e in res["epsilon_per_client"].values()), res["epsilon_per_client"]
     assert res["epsilon"] == max(res["epsilon_per_client"].values())
     assert res["end_to_end_dp"] is end_to_end and not res["refusals"]
+    # The published ε is the server's own, and an honest client's ledger says the same: no reply refused.
+    assert res["rejected_replies"]["total"] == 0, res["rejected_replies"]
+    lines = (tmp_path / "server_view" / "metrics.jsonl").read_text().splitlines()
+    claimed = {int(m["metrics"]["partition-id"]): m["metrics"]["epsilon-spent"] for line in lines
+               if "epsilon-spent" in (m := json.loads(line))["metrics"]}  # fmt: skip
+    assert claimed.keys() == {0, 1}
+    assert all(math.isclose(res["epsilon_per_client"][str(p)], e, rel_tol=1e-9) for p, e in claimed.items())
     # DP-SGD at this size costs accuracy; it must still learn something. Not asserted: a 2-epoch DP
     # encoder (only its accounting is tested), and latent-share at epsilon 3 + label-epsilon 2 on
     # 1,150 digits records, which sits at chance (0.117 mean over 11 draws of its secret noise;

@@ -13,10 +13,11 @@ from flwr.app import ArrayRecord
 from fedlatent.cli import main
 from fedlatent.config import ConfigError, RunConfig
 from fedlatent.federation.checkpoint import Checkpointer, Stage, load_checkpoint
+from fedlatent.federation.privacy_log import PrivacyLog
 from fedlatent.federation.report import RunRecord
 from fedlatent.federation.rundir import check_out_dir, resumable, resume_directory
 from fedlatent.federation.server_view import ServerView
-from fedlatent.federation.strategy import PrivacyLog, Traffic
+from fedlatent.federation.strategy import Traffic
 from fedlatent.plan import make_plan
 
 CFG = {"dataset": "digits", "mode": "raw", "num-clients": 2, "rounds": 3}
@@ -42,7 +43,7 @@ def _saved_run(out: Path) -> RunConfig:
         view.received("classifier", rnd, 0, _model(rnd))
         view.metrics("classifier", rnd, 5, {"partition-id": 0})
         record.history.append({"round": rnd, "accuracy": 0.5 + rnd / 10, "client_accuracy": {0: 0.6, 10: 0.7}})
-        record.privacy.epsilon[0] = float(rnd)
+        record.privacy.known.setdefault(0, []).append("classifier")
         traffic.up, traffic.down = 100 * rnd, 50 * rnd
         ckpt.save({"classifier": _model(rnd)}, classifier_round=rnd)
     view.rejected("classifier", 2, 6, "bad")
@@ -63,7 +64,7 @@ def test_a_checkpoint_restores_the_state_of_its_last_committed_step(tmp_path) ->
     assert loaded.restore(record, traffic, view) == 12.5
     assert [row["round"] for row in record.history] == [1, 2]
     assert record.history[0]["client_accuracy"] == {0: 0.6, 10: 0.7}  # partition keys are numbers again
-    assert record.privacy == PrivacyLog(epsilon={0: 2.0})
+    assert record.privacy == PrivacyLog(known={0: ["classifier", "classifier"]})
     assert (traffic.up, traffic.down) == (200, 100)
     assert record.resumes == [{"from": {"encoder_round": 0, "encoder_done": False, "latents": False,
                                         "classifier_round": 2}}]  # fmt: skip

@@ -24,8 +24,8 @@ from flwr.clientapp import ClientApp
 from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
 from fedlatent.federation.client_store import ClientStore, Release
+from fedlatent.federation.privacy_log import PrivacyLog
 from fedlatent.federation.report import privacy_summary
-from fedlatent.federation.strategy import PrivacyLog
 from fedlatent.learning.seeding import generator
 from fedlatent.learning.training import encode
 from fedlatent.plan import build_classifier, build_encoder, make_plan, release_noise_std
@@ -204,10 +204,10 @@ def test_release_noise_is_secret_unless_reproducible_noise_and_then_the_run_is_n
     open_cfg = _cfg(mode="latent-share", epsilon=3.0, reproducible_noise=True)
     exposed = P.record_numpy(APP(_share(open_cfg), _context(open_cfg)).content.array_records[P.LATENTS])
     np.testing.assert_allclose(exposed["latents"], guess.numpy(), atol=1e-5)  # the attack works: no DP
-    summary = privacy_summary(open_cfg, PrivacyLog(epsilon={0: 3.0, 1: 3.0}))
+    summary = privacy_summary(open_cfg, PrivacyLog(known={0: ["share-latents"], 1: ["share-latents"]}))
     assert summary["end_to_end_dp"] is False and summary["noise_secret"] is False
     assert "NO differential privacy" in summary["privacy_note"]
-    assert privacy_summary(_cfg(epsilon=3.0, mode="raw"), PrivacyLog(epsilon={0: 3.0}))["noise_secret"] is True
+    assert privacy_summary(_cfg(epsilon=3.0, mode="raw"), PrivacyLog(known={0: ["classifier"]}))["noise_secret"] is True
 
 
 def test_dp_sgd_batches_and_noise_are_not_the_public_seeds() -> None:

@@ -12,12 +12,13 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, MetricRecord, RecordDict
 
 from fedlatent.federation import payloads as P
+from fedlatent.federation.contract import Contract
 from tests.federation.replies import SHAPES, SIZES, D, K, contract, evaluation, latents, reply_from, update
 
 GOOD = np.ones((2, 3), np.float32)
 
 
-def check(content: RecordDict, *, phase: str = "classifier", node: int = 1, c: P.Contract | None = None, rnd: int = 1):
+def check(content: RecordDict, *, phase: str = "classifier", node: int = 1, c: Contract | None = None, rnd: int = 1):
     weights = SHAPES if phase in ("classifier", "encoder") else None
     return (c or contract()).check(reply_from(node, content), phase=phase, rnd=rnd, weights=weights)
 
@@ -132,7 +133,7 @@ def test_evaluations_out_of_range_are_refused(content: RecordDict, match: str) -
         check(content, phase="final-evaluate")
 
 
-def dp_contract() -> P.Contract:
+def dp_contract() -> Contract:
     return contract(epsilon=3.0, dp_phases=frozenset({"classifier", "share-latents"}))
 
 

@@ -129,8 +129,8 @@ def test_accuracy_png(finished):
 
 def test_public_only_reports_epsilon_zero_not_null():
     from fedlatent.config import RunConfig
+    from fedlatent.federation.privacy_log import PrivacyLog
     from fedlatent.federation.report import privacy_summary
-    from fedlatent.federation.strategy import PrivacyLog
 
     summary = privacy_summary(RunConfig.from_run_config({"mode": "public-only", "num-clients": 3}), PrivacyLog())
     assert summary["epsilon"] == 0.0 and summary["epsilon_per_client"] == {"0": 0.0, "1": 0.0, "2": 0.0}
@@ -154,10 +154,10 @@ def test_rejected_replies_are_counted_by_phase_and_reason() -> None:
 
 @pytest.mark.parametrize(("encoder", "end_to_end"), [("scatternet", True), ("public", True), ("local", False)])
 def test_only_an_encoder_that_saw_private_data_without_dp_breaks_the_guarantee(encoder: str, end_to_end: bool) -> None:
+    from fedlatent.federation.privacy_log import PrivacyLog
     from fedlatent.federation.report import privacy_summary
-    from fedlatent.federation.strategy import PrivacyLog
 
     cfg = RunConfig.from_run_config({"mode": "latent-fedavg", "encoder": encoder, "num-clients": 2, "epsilon": 3.0})
-    summary = privacy_summary(cfg, PrivacyLog(epsilon={0: 2.9, 1: 2.9}))
+    summary = privacy_summary(cfg, PrivacyLog(known={0: ["classifier"], 1: ["classifier"]}), [100, 100])
     assert summary["end_to_end_dp"] is end_to_end
     assert ("trained on private data without DP" in summary["privacy_note"]) is not end_to_end

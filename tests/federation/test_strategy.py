@@ -78,8 +78,9 @@ def test_federated_evaluation_keeps_each_clients_accuracy(strategy) -> None:
 
 def test_client_level_dp_clips_averages_uniformly_and_accounts_what_was_released(tmp_path) -> None:
     from fedlatent.config import RunConfig
+    from fedlatent.federation.privacy_log import PrivacyLog
     from fedlatent.federation.report import client_level_summary
-    from fedlatent.federation.strategy import ClientLevelDP, PrivacyLog
+    from fedlatent.federation.strategy import ClientLevelDP
 
     view = ServerView(tmp_path / "view", settings={})
     inner = RecordingFedAvg(

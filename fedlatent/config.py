@@ -83,6 +83,7 @@ class RunConfig:
     epsilon: float = _key(math.inf, C.budget, "record-level DP budget of each client for the run (inf = no DP)")
     delta: float = _key(1e-5, C.probability, "DP delta (keep below 1/records of a client)")
     max_grad_norm: float = _key(1.0, C.positive, "DP-SGD per-sample gradient clip")
+    max_update_norm: float = _key(1000.0, C.positive, "without DP: largest L2 norm of an update the server accepts")
     accountant: str = _key("rdp", C.choice(ACCOUNTANTS), "privacy accountant: rdp | prv")
     latent_clip: float = _key(1.0, C.positive, "latent-share: L2 clip of each released latent")
     label_epsilon: float = _key(math.inf, C.budget, "latent-share: randomized-response epsilon (inf = labels in clear)")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -18,9 +19,11 @@ from flwr.serverapp import Grid
 
 from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
+from fedlatent.federation.bounds import update_bounds
 from fedlatent.federation.checkpoint import Checkpoint, Checkpointer
 from fedlatent.federation.contract import Contract
 from fedlatent.federation.report import RunRecord
+from fedlatent.federation.server_epsilon import ServerAccountant
 from fedlatent.federation.server_view import ServerView
 from fedlatent.federation.strategy import Inbox, Traffic
 from fedlatent.plan import DataPlan
@@ -57,13 +60,17 @@ class RunContext:
         return config
 
 
-def make_contract(cfg: RunConfig, plan: DataPlan) -> Contract:
-    """The run's reply contract from what the server knows: partition sizes, budget, DP phases."""
+def make_contract(cfg: RunConfig, plan: DataPlan, record: RunRecord | None = None) -> Contract:
+    """The run's reply contract from what the server knows: partition sizes, budget, DP phases.
+
+    Updates are bounded (``bounds.update_bounds``); with the run's ``record``, a DP reply's
+    privacy figures are checked against the server's own accounting of it (``server_epsilon``).
+    """
     dp_phases = {P.PHASE_ENCODER} if cfg.encoder_dp else set()
     labels = cfg.mode == "latent-share" and math.isfinite(cfg.label_epsilon)
     if cfg.dp:
         dp_phases.add("share-latents" if cfg.mode == "latent-share" else P.PHASE_CLASSIFIER)
-    return Contract(
+    contract = Contract(
         sizes=tuple(len(c) for c in plan.client_idx),
         test_size=len(plan.dataset.y_test),
         num_classes=plan.dataset.num_classes,
@@ -72,6 +79,14 @@ def make_contract(cfg: RunConfig, plan: DataPlan) -> Contract:
         epsilon=cfg.epsilon + (cfg.label_epsilon if labels else 0.0),
         dp_phases=frozenset(dp_phases),
     )
+    sizes = contract.sizes
+    contract.update_bounds = functools.lru_cache(maxsize=None)(
+        lambda pid, phase: update_bounds(cfg, sizes[pid], encoder=phase == P.PHASE_ENCODER)
+    )
+    if record is not None and cfg.dp_mode == "local" and dp_phases:
+        accountant = ServerAccountant(cfg, sizes)
+        contract.claims = lambda pid, phase, values: accountant.check(pid, phase, values, record.privacy)
+    return contract
 
 
 class FederationTooSmall(RuntimeError):

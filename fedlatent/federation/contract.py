@@ -79,6 +79,9 @@ class Contract:
     # A DP phase's privacy figures against the server's own accounting (server_epsilon.ServerAccountant.check):
     # called with (partition, phase, metric values); raises PayloadError when they disagree.
     claims: Callable[[int, str, Mapping[str, float]], None] | None = None
+    # (partition, phase) -> (L∞, L2) bounds of an honest update (bounds.update_bounds); None: unbounded.
+    update_bounds: Callable[[int, str], tuple[float, float]] | None = None
+    latent_bound: float = math.inf  # largest |coordinate| of an honest released latent (bounds.latent_bound)
     answered: set[tuple[str, int, int]] = field(default_factory=set)  # (phase, round, partition)
 
     def partition_of(self, node: int) -> int | None:
@@ -94,11 +97,18 @@ class Contract:
         return sorted(out - answered)
 
     def check(
-        self, msg: Message, *, phase: str, rnd: int, weights: Mapping[str, tuple[int, ...]] | None = None
+        self,
+        msg: Message,
+        *,
+        phase: str,
+        rnd: int,
+        weights: Mapping[str, tuple[int, ...]] | None = None,
+        sent: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[int, dict[str, np.ndarray]]:
         """Validate one reply of ``phase``; return ``(partition id, decoded arrays)`` or raise PayloadError.
 
-        ``weights``: key -> shape of the model a train reply updates (FedAvg phases).
+        ``weights``: key -> shape of the model a train reply updates (FedAvg phases); ``sent``: the
+        weights the server sent that round, against which the update is bounded (``update_bounds``).
         """
         if msg.has_error():
             # Ray and Flower wrap the client's exception in a long preamble: its own words come last.
@@ -124,6 +134,8 @@ class Contract:
         decoded: dict[str, np.ndarray] = {}
         if ARRAYS in names:
             decoded = check_arrays(content.array_records[ARRAYS], weights or {})
+            if sent is not None and self.update_bounds is not None:
+                self._bounded(decoded, sent, *self.update_bounds(pid, phase))
         if LATENTS in names:
             decoded = self._latents(content.array_records[LATENTS], rows=self.sizes[pid])
         self.owner[pid] = msg.metadata.src_node_id
@@ -149,6 +161,17 @@ class Contract:
             raise PayloadError(f"num-examples {values['num-examples']:g} != {records} records of {of}")
         return pid
 
+    @staticmethod
+    def _bounded(decoded: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray], linf: float, l2: float) -> None:
+        """An update (weights received minus sent) within the L∞ and L2 bounds of an honest round."""
+        with np.errstate(over="ignore", invalid="ignore"):  # finite float32 extremes overflow: then out of range
+            delta = np.concatenate([(decoded[k].astype(np.float64) - sent[k]).ravel() for k in decoded])
+        largest, norm = float(np.abs(delta).max(initial=0.0)), float(np.linalg.norm(delta))
+        if not largest <= linf:
+            raise PayloadError(f"update moves a weight by {largest:.4g}, beyond the {linf:.4g} an honest round can")
+        if not norm <= l2:
+            raise PayloadError(f"update has L2 norm {norm:.4g} > max-update-norm {l2:g}")
+
     def _values(self, values: Mapping[str, float]) -> None:
         for key, value in values.items():
             if key in (UNIT_WEIGHT, "refused") and value != 1:
@@ -173,6 +196,8 @@ class Contract:
             )
         if not np.isfinite(latents).all():
             raise PayloadError("latents must be finite floats")
+        if rows and not (largest := float(np.abs(latents).max())) <= self.latent_bound:
+            raise PayloadError(f"a latent coordinate of {largest:.4g} is beyond the {self.latent_bound:.4g} bound")
         if rows and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise PayloadError(f"labels must be integers in [0, {self.num_classes})")
         return {"latents": latents, "labels": labels}

@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 
 from fedlatent.federation import payloads as P
+from fedlatent.federation.bounds import latent_bound
 from fedlatent.federation.context import RunContext
 from fedlatent.federation.rounds import broadcast, fedavg_rounds
 from fedlatent.federation.strategy import ClientLevelDP, RecordingFedAvg, RoundFailed, client_floor
@@ -157,15 +158,18 @@ def fedavg_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
     return P.load_arrays(model, last)
 
 
-def collect_latents(run: RunContext, encoder: Encoder | None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Ask every client for its latents; return the pooled valid ones and how many clients sent them.
+Pool = dict[int, tuple[torch.Tensor, torch.Tensor]]  # partition -> (latents, labels)
+
+
+def collect_latents(run: RunContext, encoder: Encoder | None) -> Pool:
+    """Ask every client for its latents; return every valid release by partition.
 
     The server's encoder, if it holds one, travels with the query: one message per client, and
     no copy of it in every node's state (1,000 clients kept 1,000 copies). The pool is in
     partition order, not in the order replies arrived, so that training on it is reproducible.
     """
     cfg, view = run.cfg, run.view
-    pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    pooled: Pool = {}
     if run.checkpoint.stage.latents:  # a resumed run: the releases it received are in the server view
         for pid, arrays in view.stored_latents().items():
             pooled[pid] = (torch.from_numpy(arrays["latents"]), torch.from_numpy(arrays["labels"]))
@@ -174,6 +178,7 @@ def collect_latents(run: RunContext, encoder: Encoder | None) -> tuple[torch.Ten
         content = RecordDict({P.CONFIG: ConfigRecord()})
         if encoder is not None:
             content[P.ARRAYS] = P.module_to_arrays(encoder)
+        run.contract.latent_bound = latent_bound(cfg, encoder, run.plan.public()[0])
         dp, answered = "share-latents" in run.contract.dp_phases, set()
         for msg in broadcast(run, P.Q_SHARE_LATENTS, content):
             checked = run.inbox.accept(msg, phase="share-latents", rnd=0)
@@ -191,15 +196,35 @@ def collect_latents(run: RunContext, encoder: Encoder | None) -> tuple[torch.Ten
         if len(pooled) < floor:
             raise RoundFailed(f"share-latents: {len(pooled)} client(s) shared valid latents, below min-clients={floor}")
         run.checkpoint.save(latents=True)
-    parts = [pooled[pid] for pid in sorted(pooled)]
-    return torch.cat([z for z, _ in parts]), torch.cat([y for _, y in parts]), len(parts)
+    return dict(sorted(pooled.items()))
 
 
 def share_phase(run: RunContext, encoder: Encoder | None) -> torch.nn.Module:
-    """Collect every client's latents once, then train the classifier on the pool."""
+    """Collect every client's latents once, then train the classifier on the pool.
+
+    Second line of defence behind the contract's bounds (a ``local`` encoder's latents have
+    none without DP): when the fit diverges, the release with the largest coordinate is dropped,
+    logged, and the fit starts again on the rest, so one client's data cannot abort the run.
+    """
+    pooled = collect_latents(run, encoder)
+    while True:
+        try:
+            return _fit_pool(run, encoder, pooled)
+        except FloatingPointError as err:
+            if len(pooled) <= client_floor(run.cfg.min_clients, len(run.nodes)):
+                raise
+            worst = max(pooled, key=lambda pid: float(pooled[pid][0].abs().max()))
+            log.warning("server fit diverged (%s): dropping partition %s's latents and fitting again", err, worst)
+            run.view.rejected("share-latents", 0, run.contract.owner.get(worst, -1), f"server fit diverged: {err}")
+            run.record.history.clear()
+            del pooled[worst]
+
+
+def _fit_pool(run: RunContext, encoder: Encoder | None, pooled: Pool) -> torch.nn.Module:
+    """The server's classifier on the pooled latents (``learner``, or the MLP with a history row per epoch)."""
     cfg, plan, record = run.cfg, run.plan, run.record
-    z_all, y_all, senders = collect_latents(run, encoder)
-    log.info("pooled %d latents from %d clients", len(z_all), senders)
+    z_all, y_all = torch.cat([z for z, _ in pooled.values()]), torch.cat([y for _, y in pooled.values()])
+    log.info("pooled %d latents from %d clients", len(z_all), len(pooled))
     model = build_classifier(cfg, plan.dataset)
     gen = generator(cfg.seed, 0, 1)
     batch_size, lr = cfg.server_training(len(z_all))

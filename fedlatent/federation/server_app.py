@@ -28,7 +28,6 @@ from fedlatent.federation.report import RunRecord
 from fedlatent.federation.rounds import identify
 from fedlatent.federation.rundir import mark_failed, resume_directory, run_directory
 from fedlatent.federation.secure_rounds import distributed_phase, statistics_phase
-from fedlatent.federation.server_epsilon import ServerAccountant
 from fedlatent.federation.server_view import ServerView
 from fedlatent.federation.strategy import Traffic
 from fedlatent.jsonable import jsonable
@@ -89,12 +88,9 @@ def _run(grid: Grid, cfg: RunConfig, nodes: list[int], out: Path, flower: Contex
         out, run_key=resumed.run_key if resumed else uuid.uuid4().hex, cfg=cfg, record=record, traffic=traffic,
         view=view, elapsed=elapsed, resumed=resumed,
     )  # fmt: skip
-    contract = make_contract(cfg, plan)
-    if cfg.dp_mode == "local" and contract.dp_phases:  # every DP reply's privacy figures against the server's own
-        accountant = ServerAccountant(cfg, contract.sizes)
-        contract.claims = lambda pid, phase, values: accountant.check(pid, phase, values, record.privacy)
     run = RunContext(grid=grid, nodes=nodes, cfg=cfg, plan=plan, view=view, traffic=traffic, record=record,
-                     contract=contract, checkpoint=checkpoint, resumed=resumed, flower=flower)  # fmt: skip
+                     contract=make_contract(cfg, plan, record), checkpoint=checkpoint, resumed=resumed,
+                     flower=flower)  # fmt: skip
     try:
         _phases(run)
     finally:  # also when a round fails: the server view keeps what was received and rejected

@@ -59,7 +59,13 @@ class Inbox:
     traffic: Traffic
 
     def accept(
-        self, msg: Message, *, phase: str, rnd: int, weights: Mapping[str, tuple[int, ...]] | None = None
+        self,
+        msg: Message,
+        *,
+        phase: str,
+        rnd: int,
+        weights: Mapping[str, tuple[int, ...]] | None = None,
+        sent: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[int, dict[str, np.ndarray]] | None:
         """Check one reply completely (``Contract.check``); ``(partition id, arrays)``, or None if rejected.
 
@@ -69,7 +75,7 @@ class Inbox:
         try:
             if not msg.has_error():
                 self.traffic.up += P.payload_bytes(msg.content)
-            pid, arrays = self.contract.check(msg, phase=phase, rnd=rnd, weights=weights)
+            pid, arrays = self.contract.check(msg, phase=phase, rnd=rnd, weights=weights, sent=sent)
         except Exception as err:  # noqa: BLE001 - a hostile reply must never end the run
             reason = P.plain_text(err) if isinstance(err, P.PayloadError) else f"malformed reply: {P.plain_text(err)}"
             log.warning("rejected %s reply from node %s in round %s: %s", phase, node, rnd, reason)
@@ -129,6 +135,7 @@ class RecordingFedAvg(FedAvg):
         self.round_seconds: dict[int, float] = {}  # from sending a round's messages to its aggregate
         self._round_start: dict[int, float] = {}
         self._sampled: dict[int, list[int]] = {}
+        self._sent: tuple[int, dict[str, np.ndarray]] = (0, {})  # the last round's global weights, to bound updates
         self.silent = silent if silent is not None else set()  # the run's nodes that missed a deadline
 
     def sample(self, nodes: Iterable[int], server_round: int) -> list[int]:
@@ -158,6 +165,7 @@ class RecordingFedAvg(FedAvg):
         self._round_start[server_round] = time.monotonic()
         self._sampled[server_round] = chosen
         self.inbox.view.sent(self.phase, server_round, arrays)
+        self._sent = (server_round, P.record_numpy(arrays))
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self.inbox.traffic.sent(self._construct_messages(record, chosen, MessageType.TRAIN))
 
@@ -188,7 +196,8 @@ class RecordingFedAvg(FedAvg):
         refused, answered = 0, set()
         dp = self.phase in self.inbox.contract.dp_phases
         for msg in replies:
-            checked = self.inbox.accept(msg, phase=self.phase, rnd=server_round, weights=self.shapes)
+            sent = self._sent[1] if self._sent[0] == server_round else None
+            checked = self.inbox.accept(msg, phase=self.phase, rnd=server_round, weights=self.shapes, sent=sent)
             if checked is None:
                 continue
             pid, _ = checked

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
@@ -64,6 +65,8 @@ def mutate(draw: st.DrawFn, content: RecordDict, arrays_key: str | None) -> tupl
         kinds.append("bad-value")
     if arrays_key:
         kinds += ["dtype", "shape", "non-finite", "array-keys", "garbage"]
+    if arrays_key == P.ARRAYS:  # finite but absurd weights: beyond any honest update (max-update-norm)
+        kinds.append("absurd")
     kind = draw(st.sampled_from(kinds))
     if kind == "extra-metric":
         metrics[draw(NAMES.filter(lambda n: n not in metrics))] = draw(
@@ -98,6 +101,10 @@ def mutate(draw: st.DrawFn, content: RecordDict, arrays_key: str | None) -> tupl
                 arrays[key] = arrays[key].astype(np.float32)  # labels as floats: a dtype error
             flat = arrays[key].reshape(-1).copy()
             flat[draw(st.integers(0, flat.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+            arrays[key] = flat.reshape(arrays[key].shape)
+        elif kind == "absurd":
+            flat = arrays[key].reshape(-1).copy()
+            flat[draw(st.integers(0, flat.size - 1))] = draw(st.sampled_from([3.0e38, -3.4e38, 1e6, -2e3]))
             arrays[key] = flat.reshape(arrays[key].shape)
         elif kind == "array-keys":
             if draw(st.booleans()):
@@ -135,8 +142,12 @@ SETTINGS = settings(
 
 
 def fedavg(tmp_path: object) -> RecordingFedAvg:
-    inbox = Inbox(contract(), ServerView(tmp_path / "view", settings={}), Traffic())  # type: ignore[operator]
-    return RecordingFedAvg(phase="classifier", shapes=SHAPES, inbox=inbox, num_clients=6, min_clients=1)
+    """The FedAvg of a run without DP: updates bounded by the default max-update-norm, from zero weights sent."""
+    c = contract(update_bounds=lambda pid, phase: (math.inf, RunConfig().max_update_norm))
+    inbox = Inbox(c, ServerView(tmp_path / "view", settings={}), Traffic())  # type: ignore[operator]
+    strategy = RecordingFedAvg(phase="classifier", shapes=SHAPES, inbox=inbox, num_clients=6, min_clients=1)
+    strategy._sent = (1, {k: np.zeros(s, np.float32) for k, s in SHAPES.items()})  # what configure_train keeps
+    return strategy
 
 
 @SETTINGS
@@ -212,6 +223,31 @@ def test_latent_replies_never_crash_and_only_valid_ones_are_pooled(share_run, da
     run = RunContext(grid=Grid([reply_from(1, wire(share_reply(plan, 0))), msg]), nodes=[1, 2], cfg=cfg, plan=plan,  # type: ignore[arg-type]
                      view=view, traffic=traffic, record=record, contract=make_contract(cfg, plan),
                      checkpoint=checkpoint)  # fmt: skip
-    z, y, senders = collect_latents(run, None)
-    assert senders == (2 if valid else 1), kind
-    assert len(z) == sum(len(plan.client_idx[p]) for p in range(senders)) and len(y) == len(z)
+    pooled = collect_latents(run, None)
+    assert len(pooled) == (2 if valid else 1), kind
+    assert all(len(z) == len(y) == len(plan.client_idx[p]) for p, (z, y) in pooled.items())
+
+
+def test_one_clients_absurd_latents_are_dropped_and_the_fit_goes_on(share_run) -> None:
+    # Issue 25: one row with half its coordinates at float32's maximum (finite, right shape) made the
+    # server's fit diverge and stopped the run. With no bound to stop it (the server holds no encoder),
+    # the fit drops that client's release, logs it, and finishes on the others.
+    from fedlatent.federation.phases import share_phase
+
+    cfg, plan, factory = share_run
+    out = factory.mktemp("absurd")
+    hostile = share_reply(plan, 1)
+    z = hostile[P.LATENTS]["latents"].numpy().copy()
+    z[0, ::2] = np.finfo(np.float32).max
+    hostile[P.LATENTS] = P.pack_latents(z, hostile[P.LATENTS]["labels"].numpy())
+    view, traffic, record = ServerView(out / "view", settings={}), Traffic(), RunRecord(cfg=cfg, out=out, plan=plan)
+    checkpoint = Checkpointer(out, run_key="absurd", cfg=cfg, record=record, traffic=traffic, view=view,
+                              elapsed=lambda: 0.0)  # fmt: skip
+    replies = [reply_from(1, wire(share_reply(plan, 0))), reply_from(2, wire(hostile))]
+    run = RunContext(grid=Grid(replies), nodes=[1, 2], cfg=cfg, plan=plan, view=view, traffic=traffic,  # type: ignore[arg-type]
+                     record=record, contract=make_contract(cfg, plan), checkpoint=checkpoint)  # fmt: skip
+    model = share_phase(run, None)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    (dropped,) = view.manifest["rejected"]
+    assert dropped["node_id"] == 2 and "server fit diverged" in dropped["reason"]
+    assert record.history and all(math.isfinite(row["train_loss"]) for row in record.history)

@@ -57,6 +57,9 @@ EVALUATE_PHASES = frozenset({"evaluate", "final-evaluate"})  # they count the te
 _NON_NEGATIVE = frozenset({"train-loss", "loss", "recon-loss", "noise-multiplier", "noise-std"})
 
 
+CONTESTED = "contested"  # the reason's first word when a node claims a partition another node holds
+
+
 @dataclass
 class Contract:
     """What the server accepts from clients in one run, and who already answered.
@@ -148,8 +151,8 @@ class Contract:
         if not raw.is_integer() or not 0 <= raw < len(self.sizes):
             raise PayloadError(f"partition-id {raw!r} is not an integer in [0, {len(self.sizes)})")
         pid = int(raw)
-        if self.owner.get(pid, node) != node:
-            raise PayloadError(f"partition-id {pid} belongs to node {self.owner[pid]}")
+        if self.owner.get(pid, node) != node:  # trust on first use: the first claim, at identify, binds
+            raise PayloadError(f"{CONTESTED}: partition-id {pid} was claimed first by node {self.owner[pid]}")
         if (bound := self.partition_of(node)) not in (None, pid):
             raise PayloadError(f"node {node} reported partition {bound} before, now {pid}")
         if (phase, rnd, pid) in self.answered:

@@ -153,8 +153,20 @@ def plain_text(reason: object, limit: int = 500) -> str:
 
 
 def _decode(record: ArrayRecord, key: str) -> np.ndarray:
-    """One array of a record, decoded; bytes that do not decode are a PayloadError, not a crash."""
+    """One array of a record, decoded; bytes that do not decode are a PayloadError, not a crash.
+
+    Flower's ``Array`` carries ``dtype`` and ``shape`` beside the bytes, which hold their own
+    header; an array whose declared dtype or shape disagrees with what its bytes decode to is
+    refused (a reader trusting either could be told one thing and given another).
+    """
+    item = record[key]
     try:
-        return np.asarray(record[key].numpy())
+        array = np.asarray(item.numpy())
     except Exception as err:  # noqa: BLE001 - any decoding failure of client bytes is the client's fault
         raise PayloadError(f"array '{key}' does not decode: {plain_text(err, 120)}") from err
+    if str(item.dtype) != str(array.dtype) or tuple(item.shape) != array.shape:
+        raise PayloadError(
+            f"array '{key}' declares {plain_text(item.dtype, 40)} {tuple(item.shape)} "
+            f"but its bytes hold {array.dtype} {array.shape}"
+        )
+    return array

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
 from fedlatent.federation import payloads as P
-from fedlatent.federation.contract import Contract
+from fedlatent.federation.contract import CONTESTED, Contract
 from fedlatent.federation.privacy_log import PrivacyLog
 from fedlatent.federation.server_view import ServerView
 
@@ -211,12 +211,17 @@ class RecordingFedAvg(FedAvg):
             self.privacy.missed(
                 self.inbox.contract.unanswered(self._sampled.get(server_round, []), answered), self.phase
             )
-        if len(accepted) + refused < self.min_clients:
-            reasons = Counter(r["reason"][:200] for r in self.inbox.view.manifest["rejected"]
-                              if r["phase"] == self.phase and r["round"] == server_round)  # fmt: skip
+        rejected = [r["reason"] for r in self.inbox.view.manifest["rejected"]
+                    if r["phase"] == self.phase and r["round"] == server_round]  # fmt: skip
+        # A node refused because another claimed its partition first may be the honest owner: it
+        # counts for the floor, so that one node's lie cannot stop the run.
+        contested = sum(reason.startswith(CONTESTED) for reason in rejected)
+        if len(accepted) + refused + contested < self.min_clients:
+            reasons = Counter(reason[:200] for reason in rejected)
             why = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3)) or "no reply"
             raise RoundFailed(
-                f"{self.phase} round {server_round}: {len(accepted)} valid update(s) and {refused} refusal(s) "
+                f"{self.phase} round {server_round}: {len(accepted)} valid update(s), {refused} refusal(s) and "
+                f"{contested} contested claim(s) "
                 f"of {len(self._sampled.get(server_round, replies))} sampled, below min-clients={self.min_clients}; "
                 f"rejected: {why}"
             )

@@ -108,7 +108,7 @@ def test_malformed_train_replies_are_refused_with_their_reason(case: str) -> Non
 def test_partition_ids_are_unique_per_round_and_the_nodes_own() -> None:
     c = contract()
     check(update(GOOD, pid=0), node=1, c=c)
-    with pytest.raises(P.PayloadError, match="belongs to node 1"):
+    with pytest.raises(P.PayloadError, match="contested: partition-id 0 was claimed first by node 1"):
         check(update(GOOD, pid=0), node=2, c=c)  # a duplicate would overwrite node 1's upload
     with pytest.raises(P.PayloadError, match="already answered"):
         check(update(GOOD, pid=0), node=1, c=c)

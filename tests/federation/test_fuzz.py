@@ -64,7 +64,7 @@ def mutate(draw: st.DrawFn, content: RecordDict, arrays_key: str | None) -> tupl
     if set(metrics) - {"num-examples", "partition-id"}:
         kinds.append("bad-value")
     if arrays_key:
-        kinds += ["dtype", "shape", "non-finite", "array-keys", "garbage"]
+        kinds += ["dtype", "shape", "non-finite", "array-keys", "garbage", "metadata"]
     if arrays_key == P.ARRAYS:  # finite but absurd weights: beyond any honest update (max-update-norm)
         kinds.append("absurd")
     kind = draw(st.sampled_from(kinds))
@@ -117,6 +117,14 @@ def mutate(draw: st.DrawFn, content: RecordDict, arrays_key: str | None) -> tupl
             data = draw(st.binary(max_size=64))
             items = {k: content[arrays_key][k] for k in content[arrays_key]}
             items[key] = Array(a.dtype, a.shape, draw(st.sampled_from([a.stype, "torch", ""])), data)
+            content[arrays_key] = ArrayRecord(items)
+        if kind == "metadata":  # the declared dtype or shape disagrees with the bytes (which are valid)
+            a = content[arrays_key][key]
+            items = {k: content[arrays_key][k] for k in content[arrays_key]}
+            lie = draw(st.sampled_from(["dtype", "shape"]))
+            dtype = "float16" if lie == "dtype" else a.dtype
+            shape = (*a.shape, 1) if lie == "shape" else a.shape
+            items[key] = Array(dtype=dtype, shape=shape, stype=a.stype, data=a.data)
             content[arrays_key] = ArrayRecord(items)
         return content, kind
     content[P.METRICS] = MetricRecord(metrics)

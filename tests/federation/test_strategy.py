@@ -68,6 +68,21 @@ def test_a_round_below_the_floor_fails_but_refusals_count_as_answers(tmp_path) -
     assert "client error: boom" in reasons  # plain text: no terminal colour codes
 
 
+def test_a_node_that_claims_anothers_partition_cannot_stop_the_run(tmp_path) -> None:
+    """Issue 25: a liar bound first to partition 1 locked its owner out, and the round fell below the floor."""
+    inbox = Inbox(contract(), ServerView(tmp_path / "v", settings={}), Traffic())
+    inbox.accept(reply_from(9, RecordDict({P.METRICS: MetricRecord({"num-examples": 30, "partition-id": 1})})),
+                 phase="identify", rnd=0)  # fmt: skip  # the liar answers identify first
+    strategy = RecordingFedAvg(phase="classifier", shapes=SHAPES, inbox=inbox, num_clients=2, min_clients=2)
+    owner = reply_from(2, update(np.ones((2, 3), np.float32), pid=1))
+    liar = reply_from(9, update(3 * np.ones((2, 3), np.float32), pid=1))
+    arrays, _ = strategy.aggregate_train(1, [owner, liar])  # 1 update + 1 contested claim: the floor of 2 holds
+    np.testing.assert_allclose(arrays["weight"].numpy(), 3.0)
+    inbox.view.close()
+    (reason,) = [r["reason"] for r in load_server_view(tmp_path / "v")["manifest"]["rejected"] if r["round"] == 1]
+    assert reason == "contested: partition-id 1 was claimed first by node 9"
+
+
 def test_federated_evaluation_keeps_each_clients_accuracy(strategy) -> None:
     replies = [reply_from(1, evaluation(0, 0.8)), reply_from(2, evaluation(1, 0.6))]
     replies += [reply_from(3, evaluation(2, float("nan"))), reply_from(4, evaluation(3, 1.5))]

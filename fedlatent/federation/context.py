@@ -80,9 +80,10 @@ def make_contract(cfg: RunConfig, plan: DataPlan, record: RunRecord | None = Non
         dp_phases=frozenset(dp_phases),
     )
     sizes = contract.sizes
-    contract.update_bounds = functools.lru_cache(maxsize=None)(
-        lambda pid, phase: update_bounds(cfg, sizes[pid], encoder=phase == P.PHASE_ENCODER)
+    bounds = functools.lru_cache(maxsize=256)(  # keyed by size: partitions mostly share one
+        lambda n, phase: update_bounds(cfg, n, encoder=phase == P.PHASE_ENCODER)
     )
+    contract.update_bounds = lambda pid, phase: bounds(sizes[pid], phase)
     if record is not None and cfg.dp_mode == "local" and dp_phases:
         accountant = ServerAccountant(cfg, sizes)
         contract.claims = lambda pid, phase, values: accountant.check(pid, phase, values, record.privacy)

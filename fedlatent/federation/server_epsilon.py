@@ -36,27 +36,32 @@ class ServerAccountant:
 
     def __init__(self, cfg: RunConfig, sizes: Sequence[int]) -> None:
         self.cfg, self.sizes = cfg, tuple(sizes)
+        # Keyed caches: calibrating a plan's noise takes a search, and partitions mostly share a size.
         self._epsilon = functools.lru_cache(maxsize=4096)(self._compute)
+        self._event = functools.lru_cache(maxsize=256)(self._event_of)
 
     def event(self, phase: str, pid: int) -> tuple[float, float, int, float]:
         """``(noise_multiplier, sample_rate, steps, pure_epsilon)`` of one DP event of ``phase``."""
+        return self._event(phase, self.sizes[pid])
+
+    def _event_of(self, phase: str, num_records: int) -> tuple[float, float, int, float]:
         cfg = self.cfg
         if phase == SHARE:
             labels = 0.0 if math.isinf(cfg.label_epsilon) else cfg.label_epsilon
             return release_noise_std(cfg) / (2 * share_clip(cfg)), 1.0, 1, labels
         if phase not in (P.PHASE_ENCODER, P.PHASE_CLASSIFIER):
             raise ValueError(f"phase {phase!r} makes no DP event")
-        plan = dp_round_plan(cfg, self.sizes[pid], encoder=phase == P.PHASE_ENCODER)
+        plan = dp_round_plan(cfg, num_records, encoder=phase == P.PHASE_ENCODER)
         return plan.noise_multiplier, plan.sample_rate, plan.steps, 0.0
 
     def epsilon(self, pid: int, phases: Sequence[str]) -> float:
         """ε of partition ``pid`` after one event of each phase in ``phases`` (any order)."""
-        return self._epsilon(pid, tuple(sorted(Counter(phases).items())))
+        return self._epsilon(self.sizes[pid], tuple(sorted(Counter(phases).items())))
 
-    def _compute(self, pid: int, counts: tuple[tuple[str, int], ...]) -> float:
+    def _compute(self, num_records: int, counts: tuple[tuple[str, int], ...]) -> float:
         ledger = Ledger(budget=math.inf, delta=self.cfg.delta, accountant=self.cfg.accountant)
         for phase, n in counts:
-            z, q, steps, pure = self.event(phase, pid)
+            z, q, steps, pure = self._event(phase, num_records)
             for _ in range(n):
                 ledger.record(noise_multiplier=z, sample_rate=q, steps=steps, pure_epsilon=pure)
         return ledger.spent()

@@ -28,11 +28,13 @@ from fedlatent.federation import payloads as P
 from fedlatent.federation.checkpoint import Checkpointer
 from fedlatent.federation.context import RunContext, make_contract
 from fedlatent.federation.phases import collect_latents
+from fedlatent.federation.privacy_log import PrivacyLog
 from fedlatent.federation.report import RunRecord
+from fedlatent.federation.server_epsilon import ServerAccountant
 from fedlatent.federation.server_view import ServerView
 from fedlatent.federation.strategy import Inbox, RecordingFedAvg, Traffic
 from fedlatent.plan import make_plan
-from tests.federation.replies import SHAPES, contract, evaluation, latents, reply_from, update
+from tests.federation.replies import SHAPES, SIZES, contract, evaluation, latents, reply_from, update
 
 EXAMPLES = 400  # per phase: 3 phases, 1,200 generated replies in all
 
@@ -259,3 +261,40 @@ def test_one_clients_absurd_latents_are_dropped_and_the_fit_goes_on(share_run) -
     (dropped,) = view.manifest["rejected"]
     assert dropped["node_id"] == 2 and "server fit diverged" in dropped["reason"]
     assert record.history and all(math.isfinite(row["train_loss"]) for row in record.history)
+
+
+DP_CFG = RunConfig.from_run_config({"mode": "raw", "num-clients": 6, "epsilon": 3.0, "rounds": 4, "batch-size": 5})
+ACCOUNTANT = ServerAccountant(DP_CFG, SIZES)  # one for every example: its plans take a second to calibrate
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(eps_factor=st.sampled_from([1.0, 1.0, 0.0, 0.5, 0.999, 1.001, 2.0, 1e-300]),
+       z_factor=st.sampled_from([1.0, 1.0, 0.0, 0.5, 2.0]), rnd=st.integers(1, 4))  # fmt: skip
+def test_dp_replies_with_lying_figures_are_refused_and_honest_ones_averaged(tmp_path_factory, eps_factor, z_factor,
+                                                                           rnd) -> None:  # fmt: skip
+    privacy = PrivacyLog(known={p: ["classifier"] * (rnd - 1) for p in (0, 1)})  # both trained every round before
+    accountant = ACCOUNTANT
+    c = contract(epsilon=3.0, dp_phases=frozenset({"classifier"}))
+    c.claims = lambda pid, phase, values: accountant.check(pid, phase, values, privacy)
+    inbox = Inbox(c, ServerView(tmp_path_factory.mktemp("dp") / "view", settings={}), Traffic())
+    strategy = RecordingFedAvg(phase="classifier", shapes=SHAPES, inbox=inbox, num_clients=6, min_clients=1,
+                               privacy=privacy)  # fmt: skip
+
+    def dp_update(pid: int, weight: float, eps_factor: float, z_factor: float) -> RecordDict:
+        honest = accountant.epsilon(pid, ["classifier"] * rnd)
+        z = accountant.noise_multiplier("classifier", pid)
+        content = update(weight * GOOD, pid=pid)
+        metrics = {"num-examples": SIZES[pid], P.UNIT_WEIGHT: 1, "partition-id": pid}
+        content[P.METRICS] = MetricRecord({**metrics, "epsilon-spent": honest * eps_factor,
+                                           "noise-multiplier": z * z_factor})  # fmt: skip
+        return wire(content)
+
+    arrays, _ = strategy.aggregate_train(
+        rnd, [reply_from(1, dp_update(0, 1.0, 1.0, 1.0)), reply_from(2, dp_update(1, 3.0, eps_factor, z_factor))]
+    )
+    valid = eps_factor == 1.0 and z_factor == 1.0
+    np.testing.assert_allclose(arrays["weight"].numpy(), (10 + 3 * 30) / 40 if valid else 1.0, rtol=1e-6)
+    assert privacy.known.get(1, []) == ["classifier"] * (rnd if valid else rnd - 1)  # only honest rounds count
+    if not valid:
+        reason = inbox.view.manifest["rejected"][0]["reason"]
+        assert reason.startswith("dishonest") or "outside [0, budget" in reason, reason

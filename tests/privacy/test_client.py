@@ -9,8 +9,8 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 
 from fedlatent.config import RunConfig
+from fedlatent.federation.privacy_log import PrivacyLog
 from fedlatent.federation.report import privacy_summary
-from fedlatent.federation.strategy import PrivacyLog
 from fedlatent.learning.models import Autoencoder, LatentClassifier
 from fedlatent.plan import dp_round_plan, dp_train_round, new_ledger, release_noise_std
 from fedlatent.privacy import client as dp
@@ -119,11 +119,13 @@ def test_latent_release_clips_adds_noise_and_releases_once() -> None:
 )
 def test_end_to_end_dp_only_when_every_step_is_private(kw: dict[str, object], end_to_end: bool) -> None:
     cfg = cfg_of(**{"num-clients": 2, **kw})
-    log = PrivacyLog(epsilon={0: 2.5, 1: 2.9})
-    summary = privacy_summary(cfg, log)
+    phase = "share-latents" if cfg.mode == "latent-share" else "classifier"
+    log = PrivacyLog(known={0: [phase], 1: [phase, phase]})  # the server's record: 1 and 2 releases
+    summary = privacy_summary(cfg, log, [200, 200])
     assert summary["end_to_end_dp"] is end_to_end
     if cfg.dp:
-        assert summary["epsilon"] == 2.9 and summary["epsilon_per_client"] == {"0": 2.5, "1": 2.9}
+        per_client = summary["epsilon_per_client"]
+        assert 0 < per_client["0"] < per_client["1"] and summary["epsilon"] == per_client["1"]
         encoder_not_dp = not end_to_end and kw.get("mode") != "latent-share"
         assert ("NOT differential privacy" in summary["privacy_note"]) == encoder_not_dp
     else:

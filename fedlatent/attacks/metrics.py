@@ -3,9 +3,9 @@
 - ``psnr`` / ``ssim``: per-image reconstruction quality, images in [0, 1] (data range 1);
   ``ssim`` is Wang et al.'s valid-window SSIM (``attacks.ssim``, pinned to scikit-image).
 - ``mia_scores``: ROC AUC and TPR at fixed low FPRs of a membership score.
-- ``trivial_baselines``: what a reconstruction scores with no leakage at all — the aux
-  mean image, and (when labels reach the server) the aux class-mean of the record's label.
-  Leakage is what an attack achieves beyond these (ARCHITECTURE.md, "Threat model").
+- ``aux_class_means``: the no-leakage guess of an attacker who knows a record's label; the
+  trivial baselines and the leakage rule are ``attacks.scoring.reconstruction`` and
+  ``attacks.leakage`` (ARCHITECTURE.md, "Threat model").
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from fedlatent.attacks.ssim import as_images, ssim, ssim_matrix
 
-__all__ = ["psnr", "ssim", "ssim_matrix", "mia_scores", "trivial_baselines", "aux_class_means", "summarize"]
+__all__ = ["psnr", "ssim", "ssim_matrix", "mia_scores", "aux_class_means", "summarize"]
 
 FPR_LEVELS = (0.01, 0.001)
 
@@ -51,17 +51,6 @@ def mia_scores(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> dict[
         # TPR at the largest threshold whose FPR does not exceed the level (never optimistic).
         out[f"tpr_at_{level:g}_fpr"] = float(tpr[fpr <= level].max(initial=0.0))
     return out
-
-
-def trivial_baselines(
-    target: np.ndarray, labels: np.ndarray | None, aux_x: np.ndarray, aux_y: np.ndarray
-) -> dict[str, dict[str, float]]:
-    """Mean PSNR/SSIM of the no-leakage guesses: aux mean image and aux class mean of the label."""
-    guesses = {"aux_mean": np.broadcast_to(aux_x.mean(axis=0), target.shape)}
-    if labels is not None:
-        num_classes = int(max(aux_y.max(initial=0), labels.max(initial=0))) + 1
-        guesses["aux_class_mean"] = aux_class_means(aux_x, aux_y, num_classes)[labels]
-    return {name: summarize(g, target) for name, g in guesses.items()}
 
 
 def aux_class_means(aux_x: np.ndarray, aux_y: np.ndarray, num_classes: int) -> np.ndarray:

@@ -85,3 +85,30 @@ def cast(key: str, raw: Any, kind: type) -> Any:
     elif kind is str and isinstance(raw, str):
         return raw
     raise ConfigError(f"config key '{key}' = {raw!r}: expected {kind.__name__}")
+
+
+def parse_owners(text: str) -> dict[int, int]:
+    """``"node-id:partition ..."`` (spaces or commas between pairs) -> {partition: node id}.
+
+    Raises
+    ------
+    ConfigError
+        On a malformed pair, a negative number, or a node or partition named twice.
+    """
+    owners: dict[int, int] = {}
+    for pair in text.replace(",", " ").split():
+        node, sep, part = pair.partition(":")
+        if not (sep and node.isdigit() and part.isdigit()):
+            raise ConfigError(f"'{pair}' is not node-id:partition (two non-negative integers)")
+        if int(part) in owners or int(node) in owners.values():
+            raise ConfigError(f"'{pair}': every node and every partition may be named once")
+        owners[int(part)] = int(node)
+    return owners
+
+
+def owner_map(text: str) -> bool | str:
+    try:
+        parse_owners(text)
+    except ConfigError as err:
+        return str(err)
+    return True

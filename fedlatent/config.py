@@ -79,6 +79,9 @@ class RunConfig:
     min_clients: int = _key(0, C.at_least(0), "floor of valid replies a round needs (0 = half the sampled, rounded up)")
     round_timeout: float = _key(3600.0, C.positive, "seconds a round waits for replies; silent nodes are left out")
     node_wait_timeout: float = _key(600.0, C.positive, "deployment: seconds the server waits for its SuperNodes")
+    partition_owners: str = _key(
+        "", C.owner_map, "deployment with --auth: 'node-id:partition ...' of registered keys ('' = first claim binds)"
+    )
     fail_fraction: float = _key(0.0, C.fraction, "fault injection (tests only): share of clients crashing per round")
     epsilon: float = _key(math.inf, C.budget, "record-level DP budget of each client for the run (inf = no DP)")
     delta: float = _key(1e-5, C.probability, "DP delta (keep below 1/records of a client)")

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedlatent import casting as C
 from fedlatent.config import ConfigError, RunConfig
 
 try:
@@ -82,11 +83,20 @@ def test_unknown_key_is_named():
         ("download", 1),
         ("rounds", True),
         ("out-dir", 3),
+        ("partition-owners", "12:0 13"),
+        ("partition-owners", "12:0 13:0"),
+        ("partition-owners", "12:0,12:1"),
+        ("partition-owners", "-4:1"),
     ],
 )
 def test_bad_value_fails_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
         RunConfig.from_run_config({key: value})
+
+
+def test_partition_owners_parse_to_partition_and_node():
+    cfg = RunConfig.from_run_config({"partition-owners": "4405:1, 9912:0"})
+    assert C.parse_owners(cfg.partition_owners) == {1: 4405, 0: 9912} and C.parse_owners("") == {}
 
 
 def test_casting_of_cli_and_toml_forms():

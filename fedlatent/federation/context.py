@@ -12,11 +12,13 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid
 
+from fedlatent import casting as C
 from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
 from fedlatent.federation.bounds import update_bounds
@@ -84,6 +86,8 @@ def make_contract(cfg: RunConfig, plan: DataPlan, record: RunRecord | None = Non
         lambda n, phase: update_bounds(cfg, n, encoder=phase == P.PHASE_ENCODER)
     )
     contract.update_bounds = lambda pid, phase: bounds(sizes[pid], phase)
+    if cfg.partition_owners:  # a deployment with registered keys: no claim can take another's partition
+        contract.register(C.parse_owners(cfg.partition_owners))
     if record is not None and cfg.dp_mode == "local" and dp_phases:
         accountant = ServerAccountant(cfg, sizes)
         contract.claims = lambda pid, phase, values: accountant.check(pid, phase, values, record.privacy)
@@ -95,9 +99,19 @@ class FederationTooSmall(RuntimeError):
 
 
 def wait_for_nodes(
-    grid: Grid, n: int, *, timeout: float = 600.0, simulation: bool = False, settle: float = 3.0, every: float = 10.0
+    grid: Grid,
+    n: int,
+    *,
+    timeout: float = 600.0,
+    simulation: bool = False,
+    settle: float = 3.0,
+    every: float = 10.0,
+    only: Collection[int] = (),
 ) -> list[int]:
     """Block until ``n`` SuperNodes are connected (``n = 0``: all, once their count settles).
+
+    With ``only`` (the node ids of ``partition-owners``), other connected nodes are not counted,
+    nor ever asked anything: a registered key that owns no partition takes no client's place.
 
     A simulation registers every SuperNode at its start: once the count has settled below ``n``
     the wait cannot succeed, so it fails at once, naming both numbers and both fixes. A
@@ -115,7 +129,7 @@ def wait_for_nodes(
     start = time.time()
     seen, since, told = -1, start, start
     while True:
-        nodes = sorted(grid.get_node_ids())
+        nodes = sorted(set(grid.get_node_ids()) & set(only) if only else grid.get_node_ids())
         now = time.time()
         if len(nodes) != seen:
             seen, since = len(nodes), now

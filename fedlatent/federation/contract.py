@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
+from fedlatent.casting import ConfigError
 from fedlatent.federation.payloads import (
     ARRAYS,
     LATENTS,
@@ -58,6 +59,7 @@ _NON_NEGATIVE = frozenset({"train-loss", "loss", "recon-loss", "noise-multiplier
 
 
 CONTESTED = "contested"  # the reason's first word when a node claims a partition another node holds
+NOT_OWNER = "not-owner"  # ... when that partition belongs to another node's registered key (partition-owners)
 
 
 @dataclass
@@ -67,8 +69,10 @@ class Contract:
     Built once per run from facts the server knows (``sizes``: the records of every partition,
     recomputed from the plan; the test split's size; the budget; which phases run DP-SGD); ``check`` validates one
     reply and, when it passes, binds its node to its partition and marks the partition as
-    answered in that round. Binding is first come: a node keeps its partition for the run and
-    no other node may report it.
+    answered in that round. Binding is first come (trust on first use): a node keeps its
+    partition for the run and no other node may report it. With ``registered``, ``owner`` is
+    fixed before the run (each partition's node, by the key the SuperLink registered for it) and
+    no claim can move it.
     """
 
     sizes: tuple[int, ...]
@@ -78,6 +82,7 @@ class Contract:
     epsilon: float = math.inf
     dp_phases: frozenset[str] = frozenset()
     owner: dict[int, int] = field(default_factory=dict)  # partition -> node
+    registered: bool = False  # owner was fixed before the run (partition-owners), not by first claims
     bound: dict[int, int] = field(default_factory=dict)  # node -> partition: owner inverted, read for every reply
     # A DP phase's privacy figures against the server's own accounting (server_epsilon.ServerAccountant.check):
     # called with (partition, phase, metric values); raises PayloadError when they disagree.
@@ -86,6 +91,20 @@ class Contract:
     update_bounds: Callable[[int, str], tuple[float, float]] | None = None
     latent_bound: float = math.inf  # largest |coordinate| of an honest released latent (bounds.latent_bound)
     answered: set[tuple[str, int, int]] = field(default_factory=set)  # (phase, round, partition)
+
+    def register(self, owners: Mapping[int, int]) -> None:
+        """Fix every partition's node before the run (``casting.parse_owners``: partition -> node id).
+
+        Raises
+        ------
+        ConfigError
+            Unless ``owners`` names exactly the partitions ``0 .. len(sizes) - 1``.
+        """
+        if sorted(owners) != list(range(len(self.sizes))):
+            raise ConfigError(
+                f"partition-owners names partitions {sorted(owners)}; this run has {len(self.sizes)}: name each once"
+            )
+        self.owner, self.bound, self.registered = dict(owners), {n: p for p, n in owners.items()}, True
 
     def partition_of(self, node: int) -> int | None:
         """The partition a node is bound to, or None before its first accepted reply."""
@@ -152,6 +171,8 @@ class Contract:
             raise PayloadError(f"partition-id {raw!r} is not an integer in [0, {len(self.sizes)})")
         pid = int(raw)
         if self.owner.get(pid, node) != node:  # trust on first use: the first claim, at identify, binds
+            if self.registered:  # the thief is refused and is no participant: it does not count for the floor
+                raise PayloadError(f"{NOT_OWNER}: partition-id {pid} is node {self.owner[pid]}'s (partition-owners)")
             raise PayloadError(f"{CONTESTED}: partition-id {pid} was claimed first by node {self.owner[pid]}")
         if (bound := self.partition_of(node)) not in (None, pid):
             raise PayloadError(f"node {node} reported partition {bound} before, now {pid}")

@@ -65,6 +65,7 @@ def recording_fedavg(
         privacy=run.record.privacy,  # a DP encoder's rounds are in each client's ledger too
         weighted_by_key=P.UNIT_WEIGHT if uniform else "num-examples",
         silent=run.silent,
+        nodes=run.nodes,
     )
 
 

@@ -19,6 +19,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedlatent.baselines import train_public_only
+from fedlatent.casting import ConfigError, parse_owners
 from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
 from fedlatent.federation.checkpoint import Checkpointer, load_checkpoint
@@ -58,7 +59,11 @@ def main(grid: Grid, context: Context) -> None:
 def _main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_run_config(context.run_config)
     simulation = type(grid).__name__ == "InMemoryGrid"  # Flower's simulation grid: all SuperNodes register at once
-    nodes = wait_for_nodes(grid, cfg.num_clients, timeout=cfg.node_wait_timeout, simulation=simulation)
+    owners = parse_owners(cfg.partition_owners)  # partition -> node id, by registered key ({}: first claim binds)
+    if owners and cfg.num_clients not in (0, len(owners)):
+        raise ConfigError(f"num-clients={cfg.num_clients} but partition-owners names {len(owners)} partitions")
+    nodes = wait_for_nodes(grid, len(owners) or cfg.num_clients, timeout=cfg.node_wait_timeout,
+                           simulation=simulation, only=set(owners.values()))  # fmt: skip
     cfg = dataclasses.replace(cfg, num_clients=len(nodes))  # num-clients 0: every SuperNode
     preflight(cfg)  # as the CLI does, for flwr run users: no run directory for a run that cannot work
     out = resume_directory(cfg) if cfg.resume else run_directory(cfg)

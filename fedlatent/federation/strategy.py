@@ -117,6 +117,7 @@ class RecordingFedAvg(FedAvg):
         privacy: PrivacyLog | None = None,
         weighted_by_key: str = "num-examples",
         silent: set[int] | None = None,
+        nodes: Iterable[int] | None = None,
     ) -> None:
         sample = max(1, round(fraction_train * num_clients))
         super().__init__(
@@ -137,6 +138,12 @@ class RecordingFedAvg(FedAvg):
         self._sampled: dict[int, list[int]] = {}
         self._sent: tuple[int, dict[str, np.ndarray]] = (0, {})  # the last round's global weights, to bound updates
         self.silent = silent if silent is not None else set()  # the run's nodes that missed a deadline
+        self.nodes = None if nodes is None else frozenset(nodes)  # the run's nodes (None: every connected one)
+
+    def live(self, grid: Grid) -> set[int]:
+        """The run's connected nodes that met every deadline; a node that joined later is never asked."""
+        live = set(grid.get_node_ids()) - self.silent
+        return live if self.nodes is None else live & self.nodes
 
     def sample(self, nodes: Iterable[int], server_round: int) -> list[int]:
         """The nodes of a training round: all of them, or a seeded draw of ``min_train_nodes``."""
@@ -156,7 +163,7 @@ class RecordingFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """One train message per sampled live node, tagged with the phase, recorded and counted."""
-        chosen = self.sample(set(grid.get_node_ids()) - self.silent, server_round)
+        chosen = self.sample(self.live(grid), server_round)
         if len(chosen) < self.min_clients:
             raise RoundFailed(
                 f"{self.phase} round {server_round}: {len(chosen)} live node(s), below min-clients={self.min_clients}"
@@ -234,7 +241,7 @@ class RecordingFedAvg(FedAvg):
         if self.fraction_evaluate == 0.0:
             return []
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        nodes = sorted(set(grid.get_node_ids()) - self.silent)
+        nodes = sorted(self.live(grid))
         return self.inbox.traffic.sent(self._construct_messages(record, nodes, MessageType.EVALUATE))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

@@ -86,7 +86,9 @@ class LocalDeployment:
     auth : bool
         SuperNode authentication (needs ``tls``): a key pair per SuperNode (``flwr_home/keys``),
         each public key registered with the SuperLink before its SuperNode starts; a SuperNode
-        with any other key is refused.
+        with any other key is refused. The node id each key is registered under is its
+        partition's owner: every run gets ``partition-owners``, so no node can claim another's
+        partition (``owners``).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class LocalDeployment:
         for name in _GRPC_SWITCHES:
             self.link.env.pop(name, None)
         self._nodes: list[_SuperNode] = []
+        self.owners: dict[int, int] = {}  # partition -> node id of its registered key (auth)
         self._guard: subprocess.Popen[bytes] | None = None
 
     @property
@@ -145,8 +148,8 @@ class LocalDeployment:
             raise RuntimeError("LocalDeployment is already running")
         self.link.start()
         try:
-            for key in self.keys:  # only these SuperNodes may connect
-                self.link.register_supernode(key.public)
+            # only these SuperNodes may connect, and node i's key is partition i's
+            self.owners = {i: self.link.register_supernode(key.public) for i, key in enumerate(self.keys)}
             for i, port in enumerate(free_ports(self.num_supernodes)):
                 self._nodes.append(self._start_supernode(i, port))
             self._wait_online()
@@ -276,6 +279,8 @@ class LocalDeployment:
             raise RuntimeError("LocalDeployment.run() must be called inside its `with` block")
         if num_supernodes is not None and num_supernodes != len(self._nodes):
             raise ValueError(f"this deployment has {len(self._nodes)} SuperNodes, not {num_supernodes}")
+        if self.owners:  # the SuperLink vouches for each node's key: its partition is not a claim
+            run_config = {"partition-owners": " ".join(f"{n}:{p}" for p, n in self.owners.items()), **run_config}
         try:
             return self.link.stream_run(app_dir, run_config=run_config, timeout=timeout, echo=echo)
         except FederationError as err:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, MetricRecord, RecordDict
 
+from fedlatent.casting import ConfigError
 from fedlatent.federation import payloads as P
 from fedlatent.federation.contract import Contract
 from tests.federation.replies import SHAPES, SIZES, D, K, contract, evaluation, latents, reply_from, update
@@ -115,6 +116,21 @@ def test_partition_ids_are_unique_per_round_and_the_nodes_own() -> None:
     with pytest.raises(P.PayloadError, match="reported partition 0 before"):
         check(update(GOOD, pid=3), node=1, c=c, rnd=2)
     assert check(update(GOOD, pid=0), node=1, c=c, rnd=2)[0] == 0
+
+
+def test_registered_owners_cannot_be_displaced_by_any_claim() -> None:
+    # Under --auth the launcher knows each partition's registered key (partition-owners): the thief
+    # may answer first, at identify, and is refused every time; the owner is never locked out.
+    c = contract()
+    c.register({p: 100 + p for p in range(len(SIZES))})
+    identify = RecordDict({P.METRICS: MetricRecord({"num-examples": SIZES[1], "partition-id": 1})})
+    with pytest.raises(P.PayloadError, match=r"^not-owner: partition-id 1 is node 101's \(partition-owners\)"):
+        c.check(reply_from(9, identify), phase="identify", rnd=0)  # a stranger, first
+    with pytest.raises(P.PayloadError, match="not-owner: partition-id 1 is node 101's"):
+        check(update(GOOD, pid=1), node=100, c=c)  # an owner of another partition
+    assert check(update(GOOD, pid=1), node=101, c=c)[0] == 1 and c.partition_of(9) is None
+    with pytest.raises(ConfigError, match=r"names partitions \[0, 1\]; this run has 6"):
+        contract().register({0: 5, 1: 6})
 
 
 @pytest.mark.parametrize(

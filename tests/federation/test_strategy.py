@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Error, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 
 from fedlatent.federation import payloads as P
 from fedlatent.federation.server_view import ServerView, load_server_view
 from fedlatent.federation.strategy import Inbox, RecordingFedAvg, RoundFailed, Traffic
-from tests.federation.replies import SHAPES, contract, evaluation, reply_from, update
+from tests.federation.replies import SHAPES, SIZES, contract, evaluation, reply_from, update
 
 
 @pytest.fixture
@@ -81,6 +82,50 @@ def test_a_node_that_claims_anothers_partition_cannot_stop_the_run(tmp_path) -> 
     inbox.view.close()
     (reason,) = [r["reason"] for r in load_server_view(tmp_path / "v")["manifest"]["rejected"] if r["round"] == 1]
     assert reason == "contested: partition-id 1 was claimed first by node 9"
+
+
+class Connected:
+    """Flower's grid as sampling sees it: the connected nodes."""
+
+    def __init__(self, *nodes: int) -> None:
+        self.nodes = list(nodes)
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+@pytest.fixture
+def server_task():
+    """A ServerApp's task identity: Flower's Message takes its run id from there."""
+    saved = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = 1, 1, 0
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+@pytest.mark.usefixtures("server_task")
+def test_only_the_runs_nodes_are_asked_never_one_that_joined_later(tmp_path) -> None:
+    # A node that connected after the run chose its nodes was asked to train: its first reply
+    # would have bound a partition outside identify (and under partition-owners, a stranger).
+    inbox = Inbox(contract(), ServerView(tmp_path / "v", settings={}), Traffic())
+    strategy = RecordingFedAvg(phase="classifier", shapes=SHAPES, inbox=inbox, num_clients=2, nodes=[4, 7],
+                               federated_evaluation=True, silent={7})  # fmt: skip
+    arrays = ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in SHAPES.items()})
+    grid = Connected(4, 5, 7, 9)
+    for messages in (strategy.configure_train(1, arrays, ConfigRecord(), grid),  # type: ignore[arg-type]
+                     strategy.configure_evaluate(1, arrays, ConfigRecord(), grid)):  # type: ignore[arg-type]  # fmt: skip
+        assert [m.metadata.dst_node_id for m in messages] == [4]  # 5 and 9 are not the run's, 7 missed a deadline
+
+
+def test_a_refused_thief_of_a_registered_partition_does_not_count_for_the_floor(tmp_path) -> None:
+    c = contract()
+    c.register({p: 100 + p for p in range(len(SIZES))})
+    inbox = Inbox(c, ServerView(tmp_path / "v", settings={}), Traffic())
+    strategy = RecordingFedAvg(phase="classifier", shapes=SHAPES, inbox=inbox, num_clients=2, min_clients=2)
+    owner = reply_from(101, update(np.ones((2, 3), np.float32), pid=1))
+    thief = reply_from(9, update(3 * np.ones((2, 3), np.float32), pid=1))
+    with pytest.raises(RoundFailed, match="1 valid update"):  # the thief is no participant: 1 < 2
+        strategy.aggregate_train(1, [thief, owner])
 
 
 def test_federated_evaluation_keeps_each_clients_accuracy(strategy) -> None:

@@ -34,6 +34,8 @@ def test_a_simulation_with_fewer_supernodes_fails_once_their_count_settles() -> 
     assert "num-supernodes=3" in text and "num-clients=0" in text
     assert wait_for_nodes(Grid([9, 7, 8]), 2, simulation=True) == [7, 8]
     assert wait_for_nodes(Grid([8, 7]), 0, simulation=True, settle=0.2) == [7, 8]
+    # partition-owners: a connected node that owns no partition is neither counted nor asked
+    assert wait_for_nodes(Grid([5, 9, 7, 8]), 2, simulation=True, only={8, 9}) == [8, 9]
 
 
 def test_a_deployment_logs_who_connected_and_times_out_naming_them() -> None:

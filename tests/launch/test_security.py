@@ -57,7 +57,7 @@ def test_auth_needs_tls(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_tls_deployment_refuses_an_unregistered_supernode_and_completes(tmp_path: Path) -> None:
-    out = tmp_path / "run"
+    out, stolen = tmp_path / "run", tmp_path / "stolen"
     config = {"dataset": "digits", "num-clients": 2, "rounds": 1, "local-epochs": 1, "mode": "raw", "out-dir": str(out)}
     with LocalDeployment(flwr_home=tmp_path / "flwr", num_supernodes=2, tls=True, auth=True) as deployment:
         (intruder_key,) = make_node_keys(tmp_path / "intruder", 1, prefix="intruder")
@@ -82,18 +82,26 @@ def test_a_tls_deployment_refuses_an_unregistered_supernode_and_completes(tmp_pa
             assert deployment.online_nodes() == 2  # the intruder never joined
             deployment.run(app_dir(), run_config=config, timeout=600)
             # The same command with the same key, once registered, joins: the key was the reason.
-            deployment.link.register_supernode(intruder_key.public)
+            intruder_id = deployment.link.register_supernode(intruder_key.public)
             admitted = start("admitted.log")
             deadline = time.monotonic() + 60
             while deployment.online_nodes() < 3 and time.monotonic() < deadline:
                 time.sleep(0.5)
             assert deployment.online_nodes() == 3
+            # A registered key that claims a partition the operator gave another key (it says
+            # partition-id=0; the owners give it 1): refused every time, the owner never locked out.
+            owners = f"{deployment.owners[0]}:0 {intruder_id}:1"
+            deployment.run(app_dir(), run_config={**config, "out-dir": str(stolen), "partition-owners": owners,
+                                                  "min-clients": 1, "node-wait-timeout": 60}, timeout=600)  # fmt: skip
         finally:
             stop_sessions({p.pid for p in (intruder, admitted) if p is not None})
     log_text = (home / "intruder.log").read_text(errors="replace")
     assert intruder.returncode not in (None, 0) and "Failed to activate SuperNode" in log_text, log_text[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["num_clients"] == 2 and results["accuracy"] > 0.3
+    assert results["rejected_replies"]["total"] == 0  # each node's partition came from its key: the map matched
+    theft = json.loads((stolen / "results.json").read_text())["rejected_replies"]
+    assert theft["total"] >= 2 and all(r.startswith("not-owner: partition-id 0 is node") for r in theft["by_reason"])
     assert (
         deployment.tls is not None and (tmp_path / "flwr" / "config.toml").read_text().count("root-certificates") == 1
     )

@@ -12,6 +12,16 @@ from fedlatent.launch.superlink import LocalSuperLink
 from fedlatent.runs import app_dir
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist (``-n 2 --dist loadgroup``), the tests that read the shared federations run on one worker.
+
+    Each worker has its own session: split, they would run the same federations twice.
+    """
+    for item in items:
+        if "runs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("runs"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread() -> Iterator[None]:
     """Tiny models on 2 shared cores: extra intra-op threads only add contention (3-30x slower)."""

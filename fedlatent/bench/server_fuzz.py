@@ -208,6 +208,15 @@ def _server_process() -> Iterator[None]:
             lg.setLevel(levels[name])
 
 
+def honest_run(cfg: RunConfig, out: Path, *, seed: int) -> FuzzGrid:
+    """One run of the real server code into ``out`` with honest in-process clients (node ids from ``seed``)."""
+    server, client = load_apps()
+    grid = FuzzGrid(cfg, client, hostile=0, rate=0.0, rng=np.random.default_rng(seed), turns=Counter())
+    with _server_process():
+        server._run(grid, cfg, sorted(grid.partition), out)
+    return grid
+
+
 def fuzz(path: str, *, replies: int, seed: int, out: Path, clients: int = 6, hostile: int = 2,
          rate: float = 0.8) -> dict[str, Any]:  # fmt: skip
     """Run ``path`` (a key of ``PATHS``) until ``replies`` replies reached the server; the tally.

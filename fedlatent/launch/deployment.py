@@ -279,8 +279,8 @@ class LocalDeployment:
             raise RuntimeError("LocalDeployment.run() must be called inside its `with` block")
         if num_supernodes is not None and num_supernodes != len(self._nodes):
             raise ValueError(f"this deployment has {len(self._nodes)} SuperNodes, not {num_supernodes}")
-        if self.owners:  # the SuperLink vouches for each node's key: its partition is not a claim
-            run_config = {"partition-owners": " ".join(f"{n}:{p}" for p, n in self.owners.items()), **run_config}
+        if self.owners and not run_config.get("partition-owners"):  # each node's key vouches for its partition
+            run_config = {**run_config, "partition-owners": " ".join(f"{n}:{p}" for p, n in self.owners.items())}
         try:
             return self.link.stream_run(app_dir, run_config=run_config, timeout=timeout, echo=echo)
         except FederationError as err:

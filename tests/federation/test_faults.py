@@ -1,4 +1,8 @@
-"""Failing clients, the min-clients floor and seeded sampling, through the real Flower simulation.
+"""Failing clients, the min-clients floor and seeded sampling, through the real server code.
+
+The floor runs as a real Flower simulation (a crash is Flower's error reply, the run's FAILED
+marker is the ServerApp's); failing clients and sampling are the server's logic alone and run it
+with in-process ClientApps (``bench.server_fuzz.honest_run``): 10 s instead of 160 s.
 
 ``fail-fraction`` (fault injection, for tests) makes a seeded share of the clients crash in
 every training round: the run must finish on the others, count every crash as a rejected
@@ -16,6 +20,8 @@ from typing import Any
 import pytest
 from conftest import FAST
 
+from fedlatent.bench.server_fuzz import honest_run
+from fedlatent.config import RunConfig
 from fedlatent.launch.superlink import FederationError, LocalSuperLink
 from fedlatent.runs import app_dir
 
@@ -31,9 +37,18 @@ def _run(link: LocalSuperLink, out: Path, **keys: Any) -> dict[str, Any]:
     return json.loads((out / "results.json").read_text())
 
 
-def test_thirty_percent_failing_clients_leave_the_run_going(link: LocalSuperLink, tmp_path: Path) -> None:
-    clean = _run(link, tmp_path / "clean")
-    faulty = _run(link, tmp_path / "faulty", **{"fail-fraction": 0.3})
+def _in_process(out: Path, **keys: Any) -> dict[str, Any]:
+    """The real server code with in-process ClientApps: node ids drawn from ``out``'s name."""
+    cfg = RunConfig.from_run_config({**BASE, **keys, "cache-dir": str(out.parent / "faults-cache")})
+    honest_run(cfg, out, seed=sum(out.name.encode()))
+    return json.loads((out / "results.json").read_text())
+
+
+def test_thirty_percent_failing_clients_leave_the_run_going(tmp_path: Path) -> None:
+    # In-process: a ClientApp's exception becomes an error reply, as Flower makes it (the real
+    # federation's error path is the min-clients test's below).
+    clean = _in_process(tmp_path / "clean")
+    faulty = _in_process(tmp_path / "faulty", **{"fail-fraction": 0.3})
     crashes = 3 * 3  # 30% of 10 clients in each of 3 rounds
     assert clean["rejected_replies"]["total"] == 0
     assert faulty["rejected_replies"]["total"] == crashes
@@ -51,9 +66,10 @@ def test_a_round_below_min_clients_stops_the_run_with_its_reason(link: LocalSupe
     assert "RoundFailed" in (out / "FAILED").read_text() and "min-clients=9" in (out / "FAILED").read_text()
 
 
-def test_sampling_half_the_clients_is_reproducible_from_the_seed(link: LocalSuperLink, tmp_path: Path) -> None:
-    # num-clients 0: every SuperNode of the federation (10 here) is a client
-    runs = [_run(link, tmp_path / f"half-{i}", **{"fraction-train": 0.5, "num-clients": 0}) for i in range(2)]
+def test_sampling_half_the_clients_is_reproducible_from_the_seed(tmp_path: Path) -> None:
+    # The real server code with in-process clients (bench.server_fuzz.honest_run): sampling is the
+    # server's; the two runs' node ids differ, as two Flower runs' do.
+    runs = [_in_process(tmp_path / f"half-{i}", **{"fraction-train": 0.5}) for i in range(2)]
     assert runs[0]["num_clients"] == 10 and len(runs[0]["records"]["per_client"]) == 10
     assert len(list((tmp_path / "half-0" / "private_index").glob("client_*.npy"))) == 10
     trained = []

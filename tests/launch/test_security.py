@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fedlatent.config import RunConfig
 from fedlatent.launch.deployment import LocalDeployment
 from fedlatent.launch.processes import HOST, find_tool, flower_env, free_ports, stop_sessions
 from fedlatent.launch.security import make_node_keys, make_tls, supernode_flags
@@ -57,7 +58,7 @@ def test_auth_needs_tls(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_tls_deployment_refuses_an_unregistered_supernode_and_completes(tmp_path: Path) -> None:
-    out, stolen = tmp_path / "run", tmp_path / "stolen"
+    out = tmp_path / "run"
     config = {"dataset": "digits", "num-clients": 2, "rounds": 1, "local-epochs": 1, "mode": "raw", "out-dir": str(out)}
     with LocalDeployment(flwr_home=tmp_path / "flwr", num_supernodes=2, tls=True, auth=True) as deployment:
         (intruder_key,) = make_node_keys(tmp_path / "intruder", 1, prefix="intruder")
@@ -80,7 +81,6 @@ def test_a_tls_deployment_refuses_an_unregistered_supernode_and_completes(tmp_pa
             while intruder.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.5)
             assert deployment.online_nodes() == 2  # the intruder never joined
-            deployment.run(app_dir(), run_config=config, timeout=600)
             # The same command with the same key, once registered, joins: the key was the reason.
             intruder_id = deployment.link.register_supernode(intruder_key.public)
             admitted = start("admitted.log")
@@ -88,20 +88,21 @@ def test_a_tls_deployment_refuses_an_unregistered_supernode_and_completes(tmp_pa
             while deployment.online_nodes() < 3 and time.monotonic() < deadline:
                 time.sleep(0.5)
             assert deployment.online_nodes() == 3
-            # A registered key that claims a partition the operator gave another key (it says
-            # partition-id=0; the owners give it 1): refused every time, the owner never locked out.
-            owners = f"{deployment.owners[0]}:0 {intruder_id}:1"
-            deployment.run(app_dir(), run_config={**config, "out-dir": str(stolen), "partition-owners": owners,
-                                                  "min-clients": 1, "node-wait-timeout": 60}, timeout=600)  # fmt: skip
+            # It claims partition 0, which the deployment gave another key. Every key as the CLI sends
+            # them (partition-owners "" among them): the deployment fills in its owners.
+            deployment.run(app_dir(), run_config=RunConfig.from_run_config(config).to_run_config(), timeout=600)
         finally:
             stop_sessions({p.pid for p in (intruder, admitted) if p is not None})
     log_text = (home / "intruder.log").read_text(errors="replace")
     assert intruder.returncode not in (None, 0) and "Failed to activate SuperNode" in log_text, log_text[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["num_clients"] == 2 and results["accuracy"] > 0.3
-    assert results["rejected_replies"]["total"] == 0  # each node's partition came from its key: the map matched
-    theft = json.loads((stolen / "results.json").read_text())["rejected_replies"]
-    assert theft["total"] >= 2 and all(r.startswith("not-owner: partition-id 0 is node") for r in theft["by_reason"])
+    owners = results["config"]["partition-owners"]
+    assert owners == f"{deployment.owners[0]}:0 {deployment.owners[1]}:1", owners
+    # Only the owners were asked (the registered intruder owns no partition): nothing refused, none of its replies.
+    assert results["rejected_replies"]["total"] == 0
+    rows = [json.loads(line) for line in (out / "server_view" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and {r["node_id"] for r in rows} == set(deployment.owners.values()) and f"{intruder_id}:" not in owners
     assert (
         deployment.tls is not None and (tmp_path / "flwr" / "config.toml").read_text().count("root-certificates") == 1
     )

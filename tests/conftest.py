@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,13 +14,17 @@ from fedlatent.runs import app_dir
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under xdist (``-n 2 --dist loadgroup``), the tests that read the shared federations run on one worker.
+    """Under xdist (``-n 2 --dist loadgroup``), the tests that read one shared federation run on one worker.
 
-    Each worker has its own session: split, they would run the same federations twice.
+    Each worker has its own session: split, they would run that federation twice. The group is the
+    (mode, encoder) a test is parametrized with; a test that names its federation in its body says
+    so with its own ``xdist_group`` mark.
     """
     for item in items:
-        if "runs" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("runs"))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "runs" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("xdist_group"):
+            combo = (params["mode"], params["encoder"]) if {"mode", "encoder"} <= set(params) else ("any",)
+            item.add_marker(pytest.mark.xdist_group("runs-" + "-".join(combo)))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,7 +69,8 @@ class Runs(dict):  # type: ignore[type-arg]
         out = self.factory.mktemp(f"{mode}-{encoder}")
         # One cache for the session: partitions, the public autoencoder and ScatterNet features are
         # made once (keyed, so every run still gets exactly its own), not in every process.
-        cache = self.factory.getbasetemp() / "shared-cache"
+        base = self.factory.getbasetemp()  # under xdist, the workers' common parent: one cache for the session
+        cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-cache"
         cfg = {**FAST, "mode": mode, "encoder": encoder, "out-dir": str(out), "cache-dir": str(cache)}
         self.link.run(app_dir(), run_config=cfg, num_supernodes=FAST["num-clients"], timeout=900)
         self[key] = out

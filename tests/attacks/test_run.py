@@ -53,6 +53,7 @@ def test_attacks_run_on_what_the_server_saw(
         assert (run / "attacks" / "latent-inversion.png").stat().st_size > 1000
 
 
+@pytest.mark.xdist_group("runs-latent-share-public")  # the federation it reads (conftest's grouping)
 def test_the_attacker_view_holds_no_private_record(runs: Runs) -> None:
     run = runs["latent-share", "public"]
     view, truth = load_attacker_view(run), load_truth(run)
@@ -64,6 +65,7 @@ def test_the_attacker_view_holds_no_private_record(runs: Runs) -> None:
     assert sum(len(z) for z, _ in view.latents.values()) == sum(len(x) for x in truth.client_x.values())
 
 
+@pytest.mark.xdist_group("runs-raw-public")
 def test_attack_command(runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["attack", str(tmp_path)]) == 2  # not a run directory: a clear error, nothing run
     assert "not a finished fedlatent run" in capsys.readouterr().err

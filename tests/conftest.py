@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,8 +68,7 @@ class Runs(dict):  # type: ignore[type-arg]
         out = self.factory.mktemp(f"{mode}-{encoder}")
         # One cache for the session: partitions, the public autoencoder and ScatterNet features are
         # made once (keyed, so every run still gets exactly its own), not in every process.
-        base = self.factory.getbasetemp()  # under xdist, the workers' common parent: one cache for the session
-        cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-cache"
+        cache = self.factory.getbasetemp() / "shared-cache"  # test_resume continues these runs with this cache
         cfg = {**FAST, "mode": mode, "encoder": encoder, "out-dir": str(out), "cache-dir": str(cache)}
         self.link.run(app_dir(), run_config=cfg, num_supernodes=FAST["num-clients"], timeout=900)
         self[key] = out

@@ -15,40 +15,33 @@ figures of ``results.json`` are each client's own (its ledger), whatever the rep
 
 Why from the outside: the contract's tests feed it one reply at a time; only a whole run shows
 whether a lie that passes one check is believed later (binding, ε, aggregation, export), or an
-accepted value stops the run. The apps are loaded as Flower loads them, by the component
-references in pyproject.toml, so that nothing imports them (the layout rule).
+accepted value stops the run. The apps are loaded as Flower loads them (``in_process``).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import itertools
 import json
-import logging
 import math
 import time
-import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
-import tomllib  # type: ignore[import-not-found,unused-ignore]  # Python 3.11+, as the tests use it
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.app.metadata import Metadata
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedlatent.bench.fuzz_judge import Delivery, judge, privacy_problems, reason_class, verdict
 from fedlatent.bench.fuzz_mutations import GENERIC, VALID, Facts, applicable, mutate, wire
+from fedlatent.bench.in_process import load_apps, server_process
 from fedlatent.config import RunConfig
 from fedlatent.federation import payloads as P
 from fedlatent.plan import make_plan
 from fedlatent.privacy.ledger import Ledger
-from fedlatent.runs import app_dir
 
 BASE: dict[str, Any] = {"dataset": "digits", "rounds": 3, "local-epochs": 1, "ae-epochs": 5, "server-epochs": 5,
                         "round-timeout": 60.0}  # fmt: skip
@@ -64,13 +57,6 @@ PATHS: dict[str, dict[str, Any]] = {
 QUERIES = {"query.identify": "identify", "query.set_encoder": "set-encoder",
            "query.local_encoder": "local-encoder", "query.share_latents": "share-latents"}  # fmt: skip
 COUNTS = ("replies", "mutated", "crashes", "violations_accepted", "valid_refused", "unrecorded")
-
-
-def load_apps() -> tuple[ModuleType, ModuleType]:
-    """The ServerApp's and the ClientApp's modules, found as Flower finds them (pyproject.toml's components)."""
-    components = tomllib.loads((app_dir() / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["components"]
-    server, client = (importlib.import_module(components[k].partition(":")[0]) for k in ("serverapp", "clientapp"))
-    return server, client
 
 
 class HarnessError(RuntimeError):
@@ -189,30 +175,11 @@ def _one_event(delta: float, accountant: str, event: tuple[float, float, int], p
     return Ledger(budget=math.inf, delta=delta, accountant=accountant, history=[event], pure=list(pure)).spent()
 
 
-@contextmanager
-def _server_process() -> Iterator[None]:
-    """Flower's task identity of a ServerApp (its Messages need it), and quiet logs (every rejection logs a line)."""
-    saved = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = 1, 1, 0
-    loggers = {name: logging.getLogger(name) for name in ("fedlatent", "flwr")}
-    levels = {name: lg.level for name, lg in loggers.items()}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for lg in loggers.values():
-                lg.setLevel(logging.ERROR)
-            yield
-    finally:
-        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
-        for name, lg in loggers.items():
-            lg.setLevel(levels[name])
-
-
 def honest_run(cfg: RunConfig, out: Path, *, seed: int) -> FuzzGrid:
     """One run of the real server code into ``out`` with honest in-process clients (node ids from ``seed``)."""
     server, client = load_apps()
     grid = FuzzGrid(cfg, client, hostile=0, rate=0.0, rng=np.random.default_rng(seed), turns=Counter())
-    with _server_process():
+    with server_process():
         server._run(grid, cfg, sorted(grid.partition), out)
     return grid
 
@@ -249,7 +216,7 @@ def fuzz(path: str, *, replies: int, seed: int, out: Path, clients: int = 6, hos
     failures: list[str] = []
     turns: Counter[str] = Counter()
     start, run = time.time(), 0
-    with _server_process():
+    with server_process():
         while total["replies"] < replies:
             overrides = {**BASE, **PATHS[path], "num-clients": clients, "seed": seed, "cache-dir": str(out / "cache")}
             cfg = RunConfig.from_run_config(overrides)

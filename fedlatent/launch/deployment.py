@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -149,7 +150,7 @@ class LocalDeployment:
         self.link.start()
         try:
             # only these SuperNodes may connect, and node i's key is partition i's
-            self.owners = {i: self.link.register_supernode(key.public) for i, key in enumerate(self.keys)}
+            self.owners = {i: self.register(key.public) for i, key in enumerate(self.keys)}
             for i, port in enumerate(free_ports(self.num_supernodes)):
                 self._nodes.append(self._start_supernode(i, port))
             self._wait_online()
@@ -163,6 +164,13 @@ class LocalDeployment:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop()
+
+    def register(self, public_key: Path) -> int:
+        """Allow the SuperNode of ``public_key`` to connect (``flwr supernode register``); return its node id."""
+        done = self.link.flwr("supernode", "register", str(public_key), CONNECTION, timeout=60.0)
+        if done.returncode != 0 or not (found := re.search(r"SuperNode (\d+) registered successfully", done.stdout)):
+            raise self._error(f"cannot register the SuperNode key {public_key}", done.stdout + done.stderr)
+        return int(found.group(1))  # the id its messages carry: the SuperLink ties it to the key
 
     def _start_supernode(self, i: int, port: int) -> _SuperNode:
         home = self.flwr_home / f"supernode-{i}"

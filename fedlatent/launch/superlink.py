@@ -14,8 +14,9 @@ fedlatent's CLI and integration tests run the Flower app as a user would, with `
 * With ``tls`` (``security.make_tls``) every API is served over TLS, and with
   ``supernode_auth`` only registered SuperNode keys may connect (the deployment path).
 
-ServerApp and ClientApps run in the SuperLink's working directory (the caller's unless ``workdir``
-is given) and import the app from the FAB copy Flower installs under ``$FLWR_HOME/apps`` (first on ``sys.path``).
+ServerApp and ClientApps run in the SuperLink's working directory (the caller's unless
+``workdir`` is given) and import the app from the FAB copy that Flower installs under
+``$FLWR_HOME/apps``, which precedes site-packages on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class LocalSuperLink:
         then trusts their CA. None: ``--insecure`` (loopback only).
     supernode_auth : bool
         ``--enable-supernode-auth``: only SuperNodes whose public key was registered
-        (``register_supernode``) may connect. Flower requires TLS for it.
+        (``LocalDeployment.register``) may connect. Flower requires TLS for it.
     """
 
     def __init__(
@@ -193,13 +194,6 @@ class LocalSuperLink:
         """Run the ``flwr`` CLI with ``args`` in this SuperLink's environment and capture its output."""
         command = [find_tool("flwr", self.env), *args]
         return subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=timeout)
-
-    def register_supernode(self, public_key: Path) -> int:
-        """Allow the SuperNode of ``public_key`` to connect (``flwr supernode register``); return its node id."""
-        done = self.flwr("supernode", "register", str(public_key), CONNECTION, timeout=60.0)
-        if done.returncode != 0 or not (found := re.search(r"SuperNode (\d+) registered successfully", done.stdout)):
-            raise self.error(f"cannot register the SuperNode key {public_key}", done.stdout + done.stderr)
-        return int(found.group(1))  # the id its messages carry: the SuperLink ties it to the key
 
     def status(self, run_id: int) -> tuple[str, str]:
         """Return ``(status, details)`` of a run, e.g. ``("finished:failed", "Simulation failed ...")``."""

@@ -82,7 +82,7 @@ def test_a_tls_deployment_refuses_an_unregistered_supernode_and_completes(tmp_pa
                 time.sleep(0.5)
             assert deployment.online_nodes() == 2  # the intruder never joined
             # The same command with the same key, once registered, joins: the key was the reason.
-            intruder_id = deployment.link.register_supernode(intruder_key.public)
+            intruder_id = deployment.register(intruder_key.public)
             admitted = start("admitted.log")
             deadline = time.monotonic() + 60
             while deployment.online_nodes() < 3 and time.monotonic() < deadline:
